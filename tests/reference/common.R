@@ -1,0 +1,41 @@
+# Shared helpers for the reference scripts: versions and a JSON writer with 17 significant digits.
+# Sourced by make_refs.R before every refs_<topic>.R script; run from the repository root.
+suppressPackageStartupMessages({
+  library(metafor)
+  library(jsonlite)
+})
+
+ref_versions <- function(extra = character()) {
+  pkgs <- unique(c("metafor", "metadat", "jsonlite", extra))
+  out <- list(R = R.version.string)
+  for (p in pkgs) out[[p]] <- as.character(packageVersion(p))
+  out
+}
+
+# jsonlite prints at most 15 significant digits, so numbers are formatted here with 17 (enough to
+# round-trip any double) and inserted verbatim. Matrices become lists of rows; NA and NaN become null.
+num17 <- function(x) {
+  if (is.matrix(x)) return(lapply(seq_len(nrow(x)), function(i) num17(unname(x[i, ]))))
+  s <- ifelse(is.finite(x), sprintf("%.17g", x), ifelse(is.na(x), "null", ifelse(x > 0, "\"Inf\"", "\"-Inf\"")))
+  if (length(x) == 1 && is.null(names(x))) return(structure(s, class = "json"))
+  if (!is.null(names(x))) return(lapply(setNames(as.list(s), names(x)), function(v) structure(v, class = "json")))
+  structure(paste0("[", paste(s, collapse = ","), "]"), class = "json")
+}
+as_ref <- function(x) {
+  if (is.list(x)) return(lapply(x, as_ref))
+  if (is.numeric(x)) return(num17(x))
+  x
+}
+
+# Write `cases` (a named list; each case holds the R call that produced it under `call`) to
+# tests/reference/<topic>.json together with the versions used and the generating script.
+write_ref <- function(topic, cases, extra_pkgs = character()) {
+  doc <- list(
+    generated_by = sprintf("tests/reference/refs_%s.R (via tests/reference/make_refs.R)", topic),
+    versions = ref_versions(extra_pkgs),
+    cases = cases
+  )
+  path <- file.path("tests", "reference", paste0(topic, ".json"))
+  writeLines(toJSON(as_ref(doc), json_verbatim = TRUE, auto_unbox = TRUE, pretty = TRUE, na = "null", null = "null"), path)
+  message("wrote ", path)
+}
