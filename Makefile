@@ -20,6 +20,7 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/default
+	$(BIN)/snakemake --profile workflow/profiles/default --report results/report.html
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests workflow benchmarks

@@ -481,3 +481,72 @@ def confint_tau2(fit: MetaFit, level: float | None = None) -> HeterogeneityCI:
         return t2 / vt + 1.0
 
     return HeterogeneityCI(fit.tau2, lb, ub, fit.I2, i2(lb), i2(ub), fit.H2, h2(lb), h2(ub))
+
+
+# --------------------------------------------------------------------------------------------------
+# the random-effects table of the pipeline (SPEC §5)
+# --------------------------------------------------------------------------------------------------
+
+RANDOM_EFFECTS_COLUMNS = (
+    "estimator", "test", "k", "estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "pi_lb", "pi_ub",
+    "tau2", "tau2_ci_lb", "tau2_ci_ub", "I2", "I2_ci_lb", "I2_ci_ub", "H2", "Q", "Q_df", "Q_pval",
+    "r", "r_ci_lb", "r_ci_ub", "r_pi_lb", "r_pi_ub",
+)  # fmt: skip
+
+
+def summary_row(fit: MetaFit) -> dict:
+    """One row of ``random_effects.csv`` for an intercept-only fit (Fisher-z scale plus r)."""
+    pred = fit.predict()
+    if fit.method == "FE" or fit.k - fit.p < 1:
+        het = HeterogeneityCI(fit.tau2, np.nan, np.nan, fit.I2, np.nan, np.nan, fit.H2, np.nan, np.nan)
+    else:
+        het = confint_tau2(fit)
+    return {
+        "estimator": fit.method,
+        "test": fit.test,
+        "k": fit.k,
+        "estimate": fit.estimate,
+        "se": float(fit.se[0]),
+        "stat": float(fit.stat_values[0]),
+        "pval": float(fit.pvals[0]),
+        "ci_lb": float(fit.ci_lbs[0]),
+        "ci_ub": float(fit.ci_ubs[0]),
+        "pi_lb": pred.pi_lb,
+        "pi_ub": pred.pi_ub,
+        "tau2": fit.tau2,
+        "tau2_ci_lb": het.tau2_ci_lb,
+        "tau2_ci_ub": het.tau2_ci_ub,
+        "I2": fit.I2,
+        "I2_ci_lb": het.I2_ci_lb,
+        "I2_ci_ub": het.I2_ci_ub,
+        "H2": fit.H2,
+        "Q": fit.QE if fit.QE_df > 0 else np.nan,
+        "Q_df": fit.QE_df,
+        "Q_pval": fit.QE_pval if fit.QE_df > 0 else np.nan,
+        "r": float(np.tanh(fit.estimate)),
+        "r_ci_lb": float(np.tanh(fit.ci_lbs[0])),
+        "r_ci_ub": float(np.tanh(fit.ci_ubs[0])),
+        "r_pi_lb": float(np.tanh(pred.pi_lb)),
+        "r_pi_ub": float(np.tanh(pred.pi_ub)),
+    }
+
+
+def random_effects_table(yi, vi, estimators=("REML",), tests=("knha",), level: float = 0.95):
+    """Fit every (estimator, test) pair and return the SPEC §5 ``random_effects.csv`` table."""
+    import pandas as pd
+
+    rows = [
+        summary_row(random_effects(yi, vi, method=m, test=t, level=level)) for m in estimators for t in tests
+    ]
+    return pd.DataFrame(rows, columns=list(RANDOM_EFFECTS_COLUMNS))
+
+
+def write_random_effects(studies, table, estimators=("REML",), tests=("knha",), level: float = 0.95) -> None:
+    """Read a processed study table (``study, yi, vi, ...``) and write ``random_effects.csv``."""
+    import pandas as pd
+
+    from alliancemeta.tables import write_csv
+
+    frame = pd.read_csv(studies)
+    write_csv(random_effects_table(frame["yi"], frame["vi"], estimators, tests, level), table,
+              RANDOM_EFFECTS_COLUMNS)

@@ -1,0 +1,27 @@
+# alliancemeta: meta-analysis of the therapeutic alliance-outcome association.
+# This file is the table of contents; helpers and validation live in workflow/rules/common.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/meta.smk"
+include: "workflow/rules/bias.smk"
+include: "workflow/rules/bayes.smk"
+include: "workflow/rules/sessions.smk"
+include: "workflow/rules/figures.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,27 @@
+# Ingest: validated inputs with Fisher-z effect sizes, written to data/processed/.
+
+
+rule ingest_studies:
+    input:
+        raw=raw_studies,
+    output:
+        studies="data/processed/studies/{dataset}.csv",
+    log:
+        "logs/ingest/studies_{dataset}.log",
+    params:
+        moderators=study_moderators,
+    script:
+        "../scripts/ingest_studies.py"
+
+
+rule ingest_sessions:
+    input:
+        raw=raw_sessions,
+    output:
+        sessions="data/processed/sessions/{dataset}.csv",
+    log:
+        "logs/ingest/sessions_{dataset}.log",
+    params:
+        groups=session_groups,
+    script:
+        "../scripts/ingest_sessions.py"

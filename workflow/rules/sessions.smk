@@ -1,0 +1,1 @@
+# Stage file; its rules are added by the sessions stage.
