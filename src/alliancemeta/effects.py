@@ -56,9 +56,34 @@ def escalc_cor(r, n, measure: str = "ZCOR") -> EffectSizes:
     if measure == "COR":
         return EffectSizes(r.copy(), (1.0 - r**2) ** 2 / (n - 1.0), measure)
     if measure == "UCOR":
-        yi = r * special.hyp2f1(0.5, 0.5, (n - 2.0) / 2.0, 1.0 - r**2)
+        yi = r * _hyp2f1_half_half(n, 1.0 - r**2)
         return EffectSizes(yi, (1.0 - yi**2) ** 2 / (n - 1.0), measure)
     raise ValueError(f"unknown measure {measure!r}; expected one of {', '.join(MEASURES)}")
+
+
+def _hyp2f1_half_half(n, x):
+    r"""Gauss hypergeometric :math:`{}_2F_1(\tfrac12, \tfrac12; (n-2)/2; x)` for the UCOR correction.
+
+    scipy's ``hyp2f1`` returns NaN for large third arguments (n in the thousands); there the power
+    series :math:`\sum_j t_j`, :math:`t_{j+1} = t_j (\tfrac12 + j)^2 x / ((c + j)(j + 1))`,
+    converges in a few terms because c is large, so it is summed directly.
+    """
+    c = (np.asarray(n, dtype=float) - 2.0) / 2.0
+    x = np.asarray(x, dtype=float)
+    c, x = np.broadcast_arrays(c, x)
+    out = np.asarray(special.hyp2f1(0.5, 0.5, c, x), dtype=float).copy()
+    bad = ~np.isfinite(out)
+    if bad.any():
+        cb, xb = c[bad], x[bad]
+        term = np.ones_like(cb)
+        total = np.ones_like(cb)
+        for j in range(10_000):
+            term = term * (0.5 + j) ** 2 * xb / ((cb + j) * (j + 1.0))
+            total += term
+            if np.all(np.abs(term) <= 1e-17 * total):
+                break
+        out[bad] = total
+    return out
 
 
 def r_from_t(t, df):

@@ -32,7 +32,7 @@ STUDY_OPTIONAL = ("study_id", "year")
 SESSION_REQUIRED = ("client", "session", "alliance", "outcome")
 SESSION_OPTIONAL = ("therapist", "site", "case", "alliance_goal", "alliance_task", "alliance_bond")
 KNOWN_COLUMNS = {
-    "studies": STUDY_REQUIRED + ("r", "n", "yi", "vi") + STUDY_OPTIONAL,
+    "studies": (*STUDY_REQUIRED, "r", "n", "yi", "vi", *STUDY_OPTIONAL),
     "sessions": SESSION_REQUIRED + SESSION_OPTIONAL,
 }
 _DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")

@@ -105,22 +105,43 @@ def _solve_q_equation(yi, vi, X, target) -> float:
     )
 
 
+def _score_and_information(yi, vi, X, tau2, reml: bool) -> tuple[float, float]:
+    """Score (times 2) and expected information (times 2) of the (restricted) log-likelihood in tau2."""
+    w = 1.0 / (vi + tau2)
+    fit = _wls(yi, X, w)
+    if reml:
+        return np.dot(w * w, fit.resid**2) - _trace_P(X, w, fit.A), _trace_PP(X, w, fit.A)
+    return np.dot(w * w, fit.resid**2) - w.sum(), np.dot(w, w)
+
+
 def _fisher_scoring(yi, vi, X, method, tau2_init) -> Tau2Estimate:
-    """ML, REML and EB by Fisher scoring with step halving at the boundary, as metafor iterates."""
-    k, p = X.shape
+    """ML and REML by Fisher scoring from ``tau2_init``, as metafor iterates, made robust.
+
+    Fisher steps use the expected information, which can overshoot: on small, awkward data metafor's
+    full steps oscillate around the optimum and never converge.  Here the iterates are watched for
+    a sign change of the score; once one brackets the root, Brent's method finishes it to machine
+    precision.  Steps that would leave [0, inf) are cut to the boundary, and at tau2 = 0 with a
+    non-positive score the boundary is the maximum.
+    """
+    reml = method == "REML"
     tau2 = max(0.0, tau2_init)
+    pos = neg = None  # tau2 values with positive / negative score
     for it in range(1, MAX_ITER + 1):
-        w = 1.0 / (vi + tau2)
-        fit = _wls(yi, X, w)
-        if method == "ML":
-            adj = (np.dot(w * w, fit.resid**2) - w.sum()) / np.dot(w, w)
-        elif method == "REML":
-            adj = (np.dot(w * w, fit.resid**2) - _trace_P(X, w, fit.A)) / _trace_PP(X, w, fit.A)
-        else:  # EB
-            adj = (fit.rss * k / (k - p) - k) / w.sum()
-        while tau2 + adj < 0.0:
-            adj /= 2.0
-        new = tau2 + adj
+        score, info = _score_and_information(yi, vi, X, tau2, reml)
+        if score > 0:
+            pos = tau2
+        elif score < 0:
+            neg = tau2
+        if tau2 == 0.0 and score <= 0.0:
+            return Tau2Estimate(0.0, it, True)
+        if pos is not None and neg is not None and abs(pos - neg) > TAU2_THRESHOLD * max(1.0, tau2):
+            root = optimize.brentq(
+                lambda t2: _score_and_information(yi, vi, X, t2, reml)[0], min(pos, neg), max(pos, neg),
+                xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500, full_output=True,
+            )
+            return Tau2Estimate(root[0], it + root[1].iterations, root[1].converged)
+        adj = score / info
+        new = max(0.0, tau2 + adj)
         if abs(new - tau2) <= TAU2_THRESHOLD * max(1.0, new):
             return Tau2Estimate(new, it, True)
         tau2 = new
@@ -133,7 +154,7 @@ def _loglik(yi, vi, X, tau2, reml: bool) -> float:
     fit = _wls(yi, X, w)
     ll = -0.5 * np.sum(np.log(vi + tau2)) - 0.5 * fit.rss
     if reml:
-        sign, logdet = np.linalg.slogdet(np.linalg.inv(fit.A))
+        _, logdet = np.linalg.slogdet(np.linalg.inv(fit.A))
         return float(ll - 0.5 * (k - p) * np.log(2 * np.pi) - 0.5 * logdet)
     return float(ll - 0.5 * k * np.log(2 * np.pi))
 
@@ -155,8 +176,8 @@ def estimate_tau2(yi, vi, X=None, method: str = "REML") -> Tau2Estimate:
         - HE: :math:`(RSS_{OLS} - \sum_i v_i(1 - h_i)) / (k - p)` with OLS hat values :math:`h_i`
         - HS: :math:`(Q_E - k) / \sum_i w_i`
         - SJ: :math:`\tau_0^2\, Q(\tau_0^2) / (k - p)` with :math:`\tau_0^2 = \operatorname{var}(y)(k-1)/k`
-        - ML, REML, EB: Fisher scoring from the HE estimate
-        - PM: root of :math:`Q(\tau^2) = k - p`
+        - ML, REML: Fisher scoring from the HE estimate (likelihood-safeguarded steps)
+        - PM, EB: root of :math:`Q(\tau^2) = k - p` (the fixed point of metafor's EB iteration)
 
     Returns
     -------
@@ -184,7 +205,9 @@ def estimate_tau2(yi, vi, X=None, method: str = "REML") -> Tau2Estimate:
         tau2_0 = float(np.var(yi))  # var(y) * (k-1)/k, numpy's default ddof=0
         w = 1.0 / (vi + tau2_0)
         return Tau2Estimate(max(0.0, tau2_0 * _wls(yi, X, w).rss / (k - p)), 0, True)
-    if method == "PM":
+    if method in ("PM", "EB"):
+        # metafor's EB iteration has the fixed point Q(tau2) = k - p, the Paule-Mandel equation
+        # (Viechtbauer 2005, sec. 2.6); solving it directly cannot oscillate.
         return Tau2Estimate(_solve_q_equation(yi, vi, X, k - p), 0, True)
     tau2_he = _tau2_he(yi, vi, X)
     if method in ("HE",):

@@ -8,11 +8,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from alliancemeta.tables import atomic_path  # noqa: E402
+from alliancemeta.tables import atomic_path
 
 #: rcParams for every figure: serif-free, print sizes, no chart junk.
 STYLE = {
@@ -32,6 +32,7 @@ STYLE = {
     "svg.hashsalt": "alliancemeta",
 }
 PNG_DPI = 200
+_PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None}
 #: Above this many rows a forest plot drops the study labels and becomes a caterpillar plot.
 FOREST_MAX_LABELLED = 80
 
@@ -39,15 +40,13 @@ FOREST_MAX_LABELLED = 80
 def save_figure(fig, pdf_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
     """Save ``fig`` as PDF and PNG atomically, without timestamps, so reruns give identical bytes."""
     with atomic_path(pdf_path) as tmp:
-        fig.savefig(tmp, format="pdf", bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None, "Producer": None})
+        fig.savefig(tmp, format="pdf", bbox_inches="tight", metadata=_PDF_METADATA)
     with atomic_path(png_path) as tmp:
         fig.savefig(tmp, format="png", dpi=PNG_DPI, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
 
-def forest_plot(
-    labels, yi, vi, summary: dict, title: str = "", xlabel: str = "Correlation r (back-transformed)"
-):
+def forest_plot(labels, yi, vi, summary: dict, title: str = "", xlabel: str = "Correlation r (back-transformed)"):
     """Forest plot on the r scale: study estimates with 95% CIs, the pooled diamond and the PI.
 
     ``summary`` holds ``estimate, ci_lb, ci_ub, pi_lb, pi_ub`` on the Fisher-z scale (a row of

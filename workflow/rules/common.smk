@@ -7,7 +7,6 @@ from snakemake.utils import validate
 
 from alliancemeta.io import InputError, read_sessions, read_studies
 
-
 validate(config, "../schemas/config.schema.yaml")
 
 STUDY_DATASETS = list(config["studies"])
@@ -27,7 +26,9 @@ def _stop(message):
 def _check_path(kind, name, entry):
     path = Path(entry["path"])
     if not path.is_file():
-        _stop(f"config {kind}.{name}.path: {entry['path']} does not exist; expected a CSV file")
+        _stop(
+            f"config {kind}.{name}.path: {entry['path']} does not exist; expected a CSV file"
+        )
     return path
 
 
@@ -114,6 +115,14 @@ def session_groups(wildcards):
 
 def outcome_lower_is_better(wildcards):
     return config["sessions"][wildcards.dataset]["outcome_lower_is_better"]
+
+
+def meta_params(wildcards):
+    return {
+        "estimators": config["meta"]["estimators"],
+        "tests": config["meta"]["tests"],
+        "level": config["meta"]["level"],
+    }
 
 
 def all_inputs():

@@ -16,6 +16,8 @@ rule forest:
         ),
     log:
         "logs/figures/forest_{dataset}.log",
+    conda:
+        "../envs/alliancemeta.yaml"
     script:
         "../scripts/forest.py"
 

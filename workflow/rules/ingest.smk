@@ -8,6 +8,8 @@ rule ingest_studies:
         studies="data/processed/studies/{dataset}.csv",
     log:
         "logs/ingest/studies_{dataset}.log",
+    conda:
+        "../envs/alliancemeta.yaml"
     params:
         moderators=study_moderators,
     script:
@@ -21,6 +23,8 @@ rule ingest_sessions:
         sessions="data/processed/sessions/{dataset}.csv",
     log:
         "logs/ingest/sessions_{dataset}.log",
+    conda:
+        "../envs/alliancemeta.yaml"
     params:
         groups=session_groups,
     script:

@@ -1,14 +1,6 @@
 # Frequentist meta-analysis: random-effects models for every configured estimator and test.
 
 
-def meta_params(wildcards):
-    return {
-        "estimators": config["meta"]["estimators"],
-        "tests": config["meta"]["tests"],
-        "level": config["meta"]["level"],
-    }
-
-
 rule random_effects:
     input:
         studies="data/processed/studies/{dataset}.csv",
@@ -16,6 +8,8 @@ rule random_effects:
         table="results/studies/{dataset}/tables/random_effects.csv",
     log:
         "logs/meta/random_effects_{dataset}.log",
+    conda:
+        "../envs/alliancemeta.yaml"
     params:
         settings=meta_params,
     script:

@@ -8,6 +8,8 @@ rule provenance:
         provenance="results/provenance.json",
     log:
         "logs/report/provenance.log",
+    conda:
+        "../envs/alliancemeta.yaml"
     params:
         config=config,
     script:
