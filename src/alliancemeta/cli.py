@@ -1,0 +1,50 @@
+"""Command line: ``alliancemeta validate PATH --kind studies|sessions``.
+
+A student can check a file before running anything; the messages are the pipeline's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from alliancemeta.io import InputError, read_sessions, read_studies, read_table
+
+
+def _validate(args: argparse.Namespace) -> int:
+    try:
+        if args.kind == "studies":
+            frame = read_studies(args.path, args.columns)
+            notes = read_table(args.path).notes
+            summary = f"{len(frame)} effect sizes"
+            if "study_id" in frame:
+                summary += f" in {frame['study_id'].nunique()} studies"
+        else:
+            data = read_sessions(args.path, args.columns)
+            frame, notes = data.frame, data.notes
+            summary = f"{len(frame)} client-sessions from {frame['client'].nunique()} clients"
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for note in notes:
+        print(f"note: {note}")
+    print(f"ok: {args.path}: {summary}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="alliancemeta", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    val = sub.add_parser("validate", help="check an input table and print any problem with its line and column")
+    val.add_argument("path")
+    val.add_argument("--kind", choices=("studies", "sessions"), required=True)
+    val.add_argument(
+        "--columns", nargs="*", default=[], metavar="COL",
+        help="moderator (studies) or grouping (sessions) columns that the config will name",
+    )
+    args = parser.parse_args(argv)
+    return _validate(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
