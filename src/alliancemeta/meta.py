@@ -369,6 +369,10 @@ def random_effects(
     if np.linalg.matrix_rank(X) < p:
         raise ValueError("the moderators are collinear: the design matrix is not of full column rank")
 
+    if k == 1 and test != "z":
+        # as metafor: with one effect size there are no residual df for a t or Knapp-Hartung test
+        warnings.warn(f"k = 1: setting test to 'z' (test {test!r} needs k > 1)", stacklevel=2)
+        test = "z"
     if tau2 is not None:
         t2 = Tau2Estimate(float(tau2), 0, True)
     else:
@@ -378,9 +382,8 @@ def random_effects(
 
     dfr = k - p
     if test == "knha":
-        s2w = fit.rss / dfr if dfr > 0 and fit.rss > np.finfo(float).eps else 0.0
-        if dfr > 0 and s2w == 0.0:
-            s2w = 0.0
+        # metafor sets the scale to 0 when the residuals vanish (all yi equal), not to a tiny number
+        s2w = fit.rss / dfr if fit.rss > np.finfo(float).eps else 0.0
     else:
         s2w = 1.0
     vb = s2w * fit.A

@@ -28,7 +28,7 @@ def load_ref(topic: str) -> dict:
 
 def as_array(value) -> np.ndarray:
     """A JSON value as a float array; null becomes nan."""
-    return np.asarray(value if isinstance(value, list) else [value], dtype=float)
+    return np.atleast_1d(np.asarray(value, dtype=float))
 
 
 def assert_close(actual, expected, rtol: float = RTOL, atol: float = ATOL, what: str = "") -> None:

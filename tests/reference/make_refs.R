@@ -1,6 +1,6 @@
 # Regenerate every reference fixture: Rscript tests/reference/make_refs.R (from the repository root).
 # R and packages from the system package manager:
-#   apt-get install r-base-core r-cran-metafor r-cran-metadat r-cran-lme4 r-cran-clubsandwich r-cran-jsonlite
+#   apt-get install r-base-core r-cran-metafor r-cran-metadat r-cran-lme4 r-cran-clubsandwich r-cran-jsonlite r-cran-gsl
 # Each tests/reference/refs_<topic>.R writes tests/reference/<topic>.json; the Python tests read only the JSON.
 source(file.path("tests", "reference", "common.R"))
 for (script in sort(Sys.glob(file.path("tests", "reference", "refs_*.R")))) {

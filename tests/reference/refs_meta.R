@@ -11,6 +11,11 @@
 
 suppressPackageStartupMessages(library(gsl)) # escalc(measure = "UCOR") calls gsl::hyperg_2F1
 
+# Factor levels (reference category, coefficient names) follow sort(), which depends on the collation
+# locale; the C locale sorts by code point, as the Python tests do.
+collate_before <- Sys.getlocale("LC_COLLATE")
+invisible(Sys.setlocale("LC_COLLATE", "C"))
+
 METHODS <- c("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
 TESTS <- c("z", "t", "knha")
 CTRL <- "control=list(threshold=1e-12, tol=1e-12)"
@@ -102,6 +107,30 @@ rma_case <- function(dataset, path, setup, method, test, call, rows = NULL, yi_c
   case[!vapply(case, is.null, logical(1))]
 }
 
+# Gauss's hypergeometric series 2F1(a, b; c; z) = sum_j (a)_j (b)_j / ((c)_j j!) z^j, summed term by term
+# until a term falls below 1e-17 of the sum.  For UCOR (a = b = 1/2, c = (n-2)/2, z = 1 - r^2 in [0, 1))
+# every term is positive, so the sum is accurate to a few ulp.  It is an independent check of
+# gsl::hyperg_2F1, which metafor's escalc(measure = "UCOR") calls: gsl 2.1-8 is off by 1e-3 for
+# integer c with z near 1 (r = 0.06, n = 22: 1.0290797557844746 instead of 1.0280369396705038).
+f21_series <- function(a, b, c, z) {
+  vapply(seq_along(z), function(i) {
+    term <- 1
+    total <- 1
+    j <- 0
+    repeat {
+      term <- term * (a + j) * (b + j) / ((c[i] + j) * (j + 1)) * z[i]
+      total <- total + term
+      j <- j + 1
+      if (term < 1e-17 * total) break
+    }
+    total
+  }, numeric(1))
+}
+UCOR_SERIES_CODE <- paste(
+  "yi_series <- r * f21_series(1/2, 1/2, (n-2)/2, 1-r^2); vi_series <- (1-yi_series^2)^2/(n-1)",
+  "(f21_series: the defining power series, see refs_meta.R)"
+)
+
 cases <- list()
 
 # ---- escalc --------------------------------------------------------------------------------------
@@ -109,10 +138,21 @@ for (ds in names(DATASETS)) {
   for (measure in c("ZCOR", "COR", "UCOR")) {
     setup <- setup_code(DATASETS[[ds]], measure)
     env <- new_data_env(setup)
-    cases[[sprintf("escalc/%s/%s", ds, measure)]] <- list(
+    case <- list(
       dataset = ds, data = DATASETS[[ds]], measure = measure, call = setup,
       yi = as.numeric(env$dat$yi), vi = as.numeric(env$dat$vi)
     )
+    if (measure == "UCOR") {
+      d <- env$dat
+      yi_series <- d$r * f21_series(1 / 2, 1 / 2, (d$n - 2) / 2, 1 - d$r^2)
+      defect <- which(abs(case$yi - yi_series) > 1e-10 * abs(yi_series))
+      case$series <- list(
+        call = UCOR_SERIES_CODE, yi = yi_series, vi = (1 - yi_series^2)^2 / (d$n - 1),
+        gsl_defect_rows = I(defect),
+        note = "rows (1-based) where metafor's gsl::hyperg_2F1 value differs from the series by > 1e-10"
+      )
+    }
+    cases[[sprintf("escalc/%s/%s", ds, measure)]] <- case
   }
 }
 
@@ -197,3 +237,4 @@ for (ds in intersect(names(SUBGROUPS), names(DATASETS))) {
 }
 
 write_ref("meta", cases, extra_pkgs = "gsl")
+invisible(Sys.setlocale("LC_COLLATE", collate_before))

@@ -69,6 +69,10 @@ def has_study_id(dataset):
     return "study_id" in frame and frame["study_id"].nunique() < len(frame)
 
 
+def has_moderators(dataset):
+    return bool(config["studies"][dataset]["moderators"])
+
+
 def has_year(dataset):
     return "year" in STUDY_FRAMES[dataset]
 
@@ -120,6 +124,15 @@ def outcome_lower_is_better(wildcards):
 def meta_params(wildcards):
     return {
         "estimators": config["meta"]["estimators"],
+        "tests": config["meta"]["tests"],
+        "level": config["meta"]["level"],
+    }
+
+
+def moderator_params(wildcards):
+    return {
+        "moderators": config["studies"][wildcards.dataset]["moderators"],
+        "method": headline_method(),
         "tests": config["meta"]["tests"],
         "level": config["meta"]["level"],
     }

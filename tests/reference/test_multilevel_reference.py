@@ -1,0 +1,221 @@
+"""The three-level engine against metafor and clubSandwich (fixture: tests/reference/multilevel.json,
+made by tests/reference/refs_multilevel.R).
+
+Each case reads the CSV the R script fitted, rebuilds the design matrix from the recorded column
+names, fits the model with :mod:`alliancemeta.multilevel` and compares every quantity metafor
+reports: the REML variance components, coefficients, tests, intervals, Q statistics, log-likelihood,
+the multilevel I^2 (computed in R from the dense P matrix), ``predict``, ``robust(clubSandwich=TRUE)``
+(CR2, Satterthwaite df, HTZ Wald test) with its ``predict``, and ``aggregate(struct="CS")``.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import ATOL, ROOT, RTOL, as_array, assert_close, load_ref
+
+from alliancemeta.effects import escalc_cor
+from alliancemeta.multilevel import aggregate_within_studies, robust_cr2, three_level
+
+CASES: dict = load_ref("multilevel")["cases"]
+FIT_CASES = sorted(k for k in CASES if k.split("/")[0] in ("three_level", "metareg", "boundary"))
+AGG_CASES = sorted(k for k in CASES if k.startswith("aggregate/"))
+FREE_BOUNDARY_CASES = sorted(k for k in CASES if k.startswith("boundary_free/"))
+
+#: rma.mv maximises the REML likelihood with nlminb on numerical derivatives; at its tightest
+#: setting the stored sigma2 lie within about 1e-8 (relative) of the optimum, so our exact optimum
+#: may have a log-likelihood that is higher by round-off but never lower by more than this.
+LOGLIK_ATOL = 1e-9
+#: Interval bounds are differences est -/+ crit * se; when a bound lies near 0 its relative error is
+#: that of the two terms amplified by their cancellation (konstantopoulos2011 ~ year, t: ci.lb = 0.0029
+#: from 0.19 - 0.19, where nlminb's 1e-8 in sigma2 shows up as 1.4e-6 relative).  Bounds are therefore
+#: compared at RTOL relative to the larger of the two terms, the precision the inputs carry.
+BOUNDS = ("ci.lb", "ci.ub", "pi.lb", "pi.ub")
+
+FIT_FIELDS = (
+    ("sigma2", "sigma2"),
+    ("b", "beta"),
+    ("se", "se"),
+    ("zval", "stat"),
+    ("pval", "pval"),
+    ("ci.lb", "ci_lb"),
+    ("ci.ub", "ci_ub"),
+    ("QE", "QE"),
+    ("QEp", "QE_pval"),
+    ("QM", "QM"),
+    ("QMp", "QM_pval"),
+    ("logLik", "loglik"),
+    ("k", "k"),
+    ("p", "p"),
+    ("n_clusters", "n_clusters"),
+    ("I2", "I2"),
+)
+ROBUST_FIELDS = (
+    ("b", "beta"),
+    ("se", "se"),
+    ("tval", "stat"),
+    ("df", "df"),
+    ("pval", "pval"),
+    ("ci.lb", "ci_lb"),
+    ("ci.ub", "ci_ub"),
+    ("QM", "QM"),
+    ("QMp", "QM_pval"),
+)
+PRED_FIELDS = (
+    ("pred", "pred"),
+    ("se", "se"),
+    ("ci.lb", "ci_lb"),
+    ("ci.ub", "ci_ub"),
+    ("pi.lb", "pi_lb"),
+    ("pi.ub", "pi_ub"),
+)
+
+
+@cache
+def read_data(path: str) -> pd.DataFrame:
+    frame = pd.read_csv(ROOT / path)
+    if "yi" not in frame.columns:  # raw correlations (data/raw/alliance_synthetic.csv): escalc("ZCOR")
+        es = escalc_cor(frame["r"], frame["n"], "ZCOR")
+        frame = frame.assign(yi=es.yi, vi=es.vi)
+    return frame
+
+
+def design(frame: pd.DataFrame, case: dict) -> np.ndarray:
+    """The model matrix from R's column names: ``intrcpt``, numeric columns and factor dummies."""
+    cols = [np.ones(len(frame))]
+    variable = re.sub(r"[~\s]", "", case["mods"]) if "mods" in case else None
+    for name in case["X_colnames"][1:]:
+        if name in frame.columns:
+            cols.append(frame[name].to_numpy(float))
+        else:
+            assert variable is not None and name.startswith(variable), name
+            cols.append((frame[variable].astype(str) == name[len(variable) :]).to_numpy(float))
+    return np.column_stack(cols)
+
+
+def fit_case(key: str):
+    case = CASES[key]
+    frame = read_data(case["data"])
+    X = design(frame, case)
+    fit = three_level(frame["yi"], frame["vi"], frame[case["cluster"]], X=X, test=case["test"])
+    return case, fit
+
+
+def bound_atol(ref: dict, lb: str, ub: str, est: str) -> np.ndarray:
+    """RTOL times the larger of |estimate| and crit * se, recovered from the reference interval."""
+    half = (as_array(ref[ub]) - as_array(ref[lb])) / 2.0
+    return RTOL * np.maximum(np.abs(as_array(ref[est])), half)
+
+
+def assert_bounds_close(actual, expected, atol, what: str) -> None:
+    """assert_close element by element with a per-element absolute floor."""
+    actual, expected = np.atleast_1d(np.asarray(actual, dtype=float)), as_array(expected)
+    assert actual.shape == expected.shape, what
+    for a, e, t in zip(actual, expected, np.broadcast_to(atol, expected.shape), strict=True):
+        assert_close(a, float(e), atol=max(ATOL, float(t)), what=what)
+
+
+def compare_prediction(pred, ref: dict, what: str) -> None:
+    for rkey, attr in PRED_FIELDS:
+        atol = ATOL
+        if rkey in BOUNDS:
+            lo, hi = ("ci.lb", "ci.ub") if rkey.startswith("ci") else ("pi.lb", "pi.ub")
+            atol = max(ATOL, float(bound_atol(ref, lo, hi, "pred")[0]))
+        assert_close(getattr(pred, attr), ref[rkey], atol=atol, what=f"{what} {rkey}")
+
+
+def x_new(case: dict, p: int) -> np.ndarray:
+    return np.asarray(case["x_new"], dtype=float) if "x_new" in case else np.eye(p)[0]
+
+
+@pytest.mark.parametrize("key", FIT_CASES)
+def test_three_level_fit(key):
+    case, fit = fit_case(key)
+    ref = case["fit"]
+    for rkey, attr in FIT_FIELDS:
+        if rkey in BOUNDS:
+            atol = bound_atol(ref, "ci.lb", "ci.ub", "b")
+            assert_bounds_close(getattr(fit, attr), ref[rkey], atol, what=f"{key}: {rkey}")
+        else:
+            assert_close(getattr(fit, attr), ref[rkey], what=f"{key}: {rkey}")
+    assert_close(fit.vb.ravel(), np.ravel(ref["vb"]).tolist(), what=f"{key}: vb")
+    assert_close([fit.I2_study, fit.I2_within], ref["I2_levels"], what=f"{key}: I2 per level")
+    assert_close(fit.QM_df[0], ref["QMdf"][0], what=f"{key}: QMdf")
+    if case["test"] == "t":
+        assert_close(np.full(fit.p, fit.ddf), ref["ddf"], what=f"{key}: ddf")
+        assert_close(fit.QM_df[1], ref["QMdf"][1], what=f"{key}: QMdf")
+    else:
+        assert ref["ddf"] is None or all(v is None for v in np.atleast_1d(ref["ddf"]))
+        assert not np.isfinite(fit.ddf)
+    assert fit.converged
+    # our optimum is never worse than metafor's
+    assert fit.loglik >= ref["logLik"] - LOGLIK_ATOL
+
+
+@pytest.mark.parametrize("key", FIT_CASES)
+def test_three_level_predict(key):
+    case, fit = fit_case(key)
+    compare_prediction(fit.predict(x_new(case, fit.p)), case["predict"], f"{key}: predict")
+
+
+@pytest.mark.parametrize("key", FIT_CASES)
+def test_robust_cr2(key):
+    case, fit = fit_case(key)
+    ref = case["robust"]
+    rob = robust_cr2(fit)
+    for rkey, attr in ROBUST_FIELDS:
+        if rkey in BOUNDS:
+            atol = bound_atol(ref, "ci.lb", "ci.ub", "b")
+            assert_bounds_close(getattr(rob, attr), ref[rkey], atol, what=f"{key}: robust {rkey}")
+        else:
+            assert_close(getattr(rob, attr), ref[rkey], what=f"{key}: robust {rkey}")
+    assert_close(rob.vb.ravel(), np.ravel(ref["vb"]).tolist(), what=f"{key}: robust vb")
+    assert_close(rob.QM_df, ref["QMdf"], what=f"{key}: robust QMdf")
+    compare_prediction(rob.predict(x_new(case, fit.p)), case["robust_predict"], f"{key}: robust predict")
+
+
+def test_boundary_estimate_is_exactly_zero():
+    """The simulated data put sigma2_within at the boundary: we return 0 exactly, metafor ~1e-12."""
+    for test in ("z", "t"):
+        _, fit = fit_case(f"boundary/within_zero/{test}")
+        assert fit.sigma2_within == 0.0
+        assert fit.sigma2_study > 0.0
+
+
+@pytest.mark.parametrize("key", FREE_BOUNDARY_CASES)
+def test_boundary_beats_metafor_free_fit(key):
+    """metafor's free fit stops just inside the boundary; the exact boundary optimum is at least as good."""
+    case, fit = fit_case(key)
+    ref = case["fit"]
+    assert 0.0 < ref["sigma2"][1] < 1e-8
+    assert fit.sigma2_within == 0.0
+    assert fit.loglik >= ref["logLik"] - LOGLIK_ATOL
+    # and the estimates agree with the free fit to the optimiser's own accuracy
+    assert_close(fit.sigma2_study, ref["sigma2"][0], rtol=1e-5)
+    assert_close(fit.beta, ref["b"], rtol=1e-7)
+
+
+@pytest.mark.parametrize("key", AGG_CASES)
+def test_aggregate(key):
+    case = CASES[key]
+    frame = read_data(case["data"])
+    agg = aggregate_within_studies(frame["yi"], frame["vi"], frame[case["cluster"]], case["rho"])
+    assert_close(agg.yi, case["yi"], what=f"{key}: yi")
+    assert_close(agg.vi, case["vi"], what=f"{key}: vi")
+    order = pd.unique(frame[case["cluster"]].astype(str))
+    assert list(order) == list(case["clusters"])
+
+
+def test_fixture_covers_required_cases():
+    """The fixture holds the cases the engine is validated on (guards against a truncated JSON)."""
+    keys = set(CASES)
+    for ds in ("konstantopoulos2011", "crede2010"):
+        for test in ("z", "t"):
+            assert f"three_level/{ds}/{test}" in keys
+    assert any(k.startswith("metareg/") for k in keys)
+    assert {"boundary/within_zero/z", "aggregate/crede2010/rho0.5", "aggregate/crede2010/rho0.8"} <= keys
+    assert RTOL <= 1e-6 and ATOL <= 1e-10
