@@ -47,25 +47,47 @@ class WLS:
     rss: float  # sum w e^2  (= y'Py)
 
 
+def _xtwx(X: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """X'WX.  Intercept-only models use an elementwise sum: on a busy machine a BLAS call on a
+    k-vector can cost milliseconds (thread start-up), more than the arithmetic itself."""
+    if X.shape[1] == 1:
+        return np.array([[np.sum(w * X[:, 0] ** 2)]])
+    return X.T @ (X * w[:, None])
+
+
+def _xtwy(X: np.ndarray, w: np.ndarray, y: np.ndarray) -> np.ndarray:
+    if X.shape[1] == 1:
+        return np.array([np.sum(w * X[:, 0] * y)])
+    return X.T @ (w * y)
+
+
+def _xb(X: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    return X[:, 0] * beta[0] if X.shape[1] == 1 else X @ beta
+
+
 def _wls(yi: np.ndarray, X: np.ndarray, w: np.ndarray) -> WLS:
-    XtW = X.T * w
-    A = np.linalg.inv(XtW @ X)
-    beta = A @ (XtW @ yi)
-    resid = yi - X @ beta
-    return WLS(beta, A, resid, float(np.dot(w, resid * resid)))
+    if X.shape[1] == 1 and X[0, 0] == 1.0 and yi.size and np.all(X[:, 0] == 1.0):
+        # intercept only: the weighted mean, without any linear-algebra call
+        sw = w.sum()
+        mu = np.sum(w * yi) / sw
+        resid = yi - mu
+        return WLS(np.array([mu]), np.array([[1.0 / sw]]), resid, float(np.sum(w * resid * resid)))
+    A = np.linalg.inv(_xtwx(X, w))
+    beta = A @ _xtwy(X, w, yi)
+    resid = yi - _xb(X, beta)
+    return WLS(beta, A, resid, float(np.sum(w * resid * resid)))
 
 
 def _trace_P(X: np.ndarray, w: np.ndarray, A: np.ndarray) -> float:
     """tr(P) = sum(w) - tr(A X'W^2 X)."""
-    XtW2X = (X.T * (w * w)) @ X
-    return float(w.sum() - np.trace(A @ XtW2X))
+    return float(w.sum() - np.trace(A @ _xtwx(X, w * w)))
 
 
 def _trace_PP(X: np.ndarray, w: np.ndarray, A: np.ndarray) -> float:
     """tr(PP) without forming P (see module docstring)."""
-    B = A @ ((X.T * (w * w)) @ X)
-    C = A @ ((X.T * (w**3)) @ X)
-    return float(np.dot(w, w) - 2.0 * np.trace(C) + np.trace(B @ B))
+    B = A @ _xtwx(X, w * w)
+    C = A @ _xtwx(X, w**3)
+    return float(np.sum(w * w) - 2.0 * np.trace(C) + np.trace(B @ B))
 
 
 def q_gen(tau2: float, yi: np.ndarray, vi: np.ndarray, X: np.ndarray) -> float:
@@ -110,8 +132,8 @@ def _score_and_information(yi, vi, X, tau2, reml: bool) -> tuple[float, float]:
     w = 1.0 / (vi + tau2)
     fit = _wls(yi, X, w)
     if reml:
-        return np.dot(w * w, fit.resid**2) - _trace_P(X, w, fit.A), _trace_PP(X, w, fit.A)
-    return np.dot(w * w, fit.resid**2) - w.sum(), np.dot(w, w)
+        return np.sum((w * fit.resid) ** 2) - _trace_P(X, w, fit.A), _trace_PP(X, w, fit.A)
+    return np.sum((w * fit.resid) ** 2) - w.sum(), np.sum(w * w)
 
 
 def _fisher_scoring(yi, vi, X, method, tau2_init) -> Tau2Estimate:
@@ -231,7 +253,7 @@ def _tau2_he(yi, vi, X) -> float:
     k, p = X.shape
     fit = _wls(yi, X, np.ones(k))
     hat = np.einsum("ij,jk,ik->i", X, fit.A, X)
-    return (fit.rss - float(np.dot(vi, 1.0 - hat))) / (k - p)
+    return (fit.rss - float(np.sum(vi * (1.0 - hat)))) / (k - p)
 
 
 # --------------------------------------------------------------------------------------------------

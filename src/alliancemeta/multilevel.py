@@ -48,9 +48,11 @@ MULTILEVEL_COLUMNS = (
     "sigma2_study", "sigma2_within", "r", "r_ci_lb", "r_ci_ub",
 )  # fmt: skip
 
-#: Convergence threshold on the Newton step for (sigma2_study, sigma2_within), relative to
-#: max(1, sigma2).  Newton converges quadratically, so iterating to near machine precision costs a
-#: couple of extra iterations and makes the estimate independent of the starting value.
+#: Convergence threshold on the Newton step for (sigma2_study, sigma2_within), relative to the
+#: larger of the current sigma2 and the mean sampling variance (the data's own scale, so that the
+#: criterion does not depend on the units of yi).  Newton converges quadratically, so iterating to
+#: near machine precision costs a couple of extra iterations and makes the estimate independent of
+#: the starting value (metafor's nlminb stops within about 1e-8 of the optimum).
 SIGMA2_TOL = 1e-12
 #: Newton/Fisher iterations allowed before giving up with a :class:`ConvergenceError`.
 MAX_ITER = 200
@@ -240,15 +242,26 @@ def _newton_direction(H: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
     return linalg.cho_solve(cf, grad)
 
 
-def _maximise_reml(model: _ThreeLevel, tied: bool) -> _Optimum:
+def _maximise_reml(model: _ThreeLevel, tied: bool, fixed=(None, None)) -> _Optimum:
     """Projected Newton ascent on the REML log-likelihood over theta >= 0.
 
-    ``tied`` restricts theta to sigma2_study = sigma2_within (used when every cluster holds one
-    effect, so that only their sum is identified).  Parameterised as theta = B phi, phi >= 0.
+    Parameterised as theta = B phi + offset with phi >= 0: ``fixed`` holds values for components
+    that are not estimated (metafor's ``sigma2 = c(NA, 0)``), and ``tied`` restricts theta to
+    sigma2_study = sigma2_within (used when every cluster holds one effect, so that only their sum
+    is identified).
     """
-    B = np.array([[0.5], [0.5]]) if tied else np.eye(2)
-    phi = B.T @ model.start() * (2.0 if tied else 1.0)
-    ev = model.evaluate(B @ phi, derivatives=True)
+    offset = np.array([0.0 if f is None else float(f) for f in fixed])
+    free_cols = [i for i, f in enumerate(fixed) if f is None]
+    if tied and len(free_cols) == 2:
+        B = np.array([[0.5], [0.5]])
+        phi = np.array([float(np.sum(model.start()))])
+    else:
+        B = np.eye(2)[:, free_cols]
+        phi = model.start()[free_cols]
+    if phi.size == 0:
+        return _Optimum(model.evaluate(offset), 0, True)
+    scale = float(np.mean(model.v))
+    ev = model.evaluate(B @ phi + offset, derivatives=True)
     for it in range(1, MAX_ITER + 1):
         grad = B.T @ ev.grad
         free = ~((phi <= 0.0) & (grad <= 0.0))
@@ -265,14 +278,14 @@ def _maximise_reml(model: _ThreeLevel, tied: bool) -> _Optimum:
                 step[free] = direction
                 steps.append(step)
         full = np.maximum(phi + steps[0], 0.0) - phi
-        if np.max(np.abs(full)) <= SIGMA2_TOL * max(1.0, float(np.max(phi))):
+        if np.max(np.abs(full)) <= SIGMA2_TOL * max(scale, float(np.max(phi))):
             return _Optimum(ev, it - 1, True)
         accepted = None
         for step in steps:
             t = 1.0
             for _ in range(MAX_HALVINGS):
                 cand = np.maximum(phi + t * step, 0.0)
-                ev_c = model.evaluate(B @ cand, derivatives=True)
+                ev_c = model.evaluate(B @ cand + offset, derivatives=True)
                 if ev_c.loglik >= ev.loglik - LL_SLACK * (1.0 + abs(ev.loglik)):
                     accepted = (cand, ev_c)
                     break
@@ -402,7 +415,7 @@ def _moderator_columns(X: np.ndarray) -> np.ndarray:
     return np.arange(1, p) if p > 1 and np.allclose(X[:, 0], 1.0) else np.arange(p)
 
 
-def three_level(yi, vi, cluster, X=None, test: str = "z", level: float = 0.95) -> MultilevelFit:
+def three_level(yi, vi, cluster, X=None, test: str = "z", level: float = 0.95, sigma2=(None, None)) -> MultilevelFit:
     r"""Fit the three-level random-effects model by REML, as ``metafor::rma.mv``.
 
     Equivalent R call: ``rma.mv(yi, vi, mods = X, random = ~ 1 | cluster/effect, test = test)``
@@ -432,6 +445,9 @@ def three_level(yi, vi, cluster, X=None, test: str = "z", level: float = 0.95) -
     test : {"z", "t"}
     level : float
         Confidence level of the intervals.
+    sigma2 : pair of float or None
+        ``(sigma2_study, sigma2_within)``; a number fixes that component at the value (>= 0)
+        instead of estimating it, as metafor's ``rma.mv(sigma2 = c(NA, 0))``.
 
     Raises
     ------
@@ -446,14 +462,17 @@ def three_level(yi, vi, cluster, X=None, test: str = "z", level: float = 0.95) -
     yi, vi, X, groups = _validate(yi, vi, cluster, X)
     k, p = X.shape
     model = _ThreeLevel(yi, vi, X, groups)
-    tied = bool(np.all(groups.sizes == 1))
+    fixed = tuple(None if s is None or (isinstance(s, float) and np.isnan(s)) else float(s) for s in sigma2)
+    if len(fixed) != 2 or any(f is not None and not (np.isfinite(f) and f >= 0) for f in fixed):
+        raise ValueError(f"sigma2 must be a pair of None or values >= 0; got {sigma2!r}")
+    tied = bool(np.all(groups.sizes == 1)) and fixed == (None, None)
     if tied:
         warnings.warn(
             "every cluster holds a single effect: sigma2_study and sigma2_within are not separately "
             "identified; their sum is estimated (rma.uni REML tau^2) and split equally",
             stacklevel=2,
         )
-    opt = _maximise_reml(model, tied)
+    opt = _maximise_reml(model, tied, fixed)
     if not opt.converged:
         raise ConvergenceError(
             f"REML estimation of the three-level model did not converge in {opt.iterations} iterations "

@@ -99,6 +99,34 @@ i2_multilevel <- function(res) {
   list(I2 = 100 * sum(res$sigma2) / total, I2_levels = 100 * res$sigma2 / total)
 }
 
+# fit, predict, robust(clubSandwich = TRUE) and its predict for the model `res` in `env`.
+ml_blocks <- function(env, info, pr_call) {
+  res <- env$res
+  rob_call <- sprintf("robust(res, cluster=dat$%s, clubSandwich=TRUE)", info$outer)
+  rob <- ml_run(rob_call, env)
+  env$rob <- rob$value
+  rpr_call <- sub("predict(res", "predict(rob", pr_call, fixed = TRUE)
+  i2 <- i2_multilevel(res)
+  list(
+    fit = list(
+      sigma2 = res$sigma2, b = unname(c(res$b)), se = unname(res$se), zval = unname(res$zval),
+      pval = unname(res$pval), ci.lb = unname(res$ci.lb), ci.ub = unname(res$ci.ub), vb = unname(res$vb),
+      QE = res$QE, QEp = res$QEp, QM = res$QM, QMdf = res$QMdf, QMp = res$QMp,
+      logLik = as.numeric(logLik(res)), k = res$k, p = res$p, ddf = unname(res$ddf),
+      n_clusters = res$s.nlevels[1], I2 = i2$I2, I2_levels = i2$I2_levels
+    ),
+    predict = c(list(call = pr_call), pred_fields(ml_run(pr_call, env)$value)),
+    robust = list(
+      call = rob_call, warnings = rob$warnings,
+      b = unname(c(rob$value$b)), se = unname(rob$value$se), tval = unname(rob$value$zval),
+      df = unname(rob$value$ddf), pval = unname(rob$value$pval), ci.lb = unname(rob$value$ci.lb),
+      ci.ub = unname(rob$value$ci.ub), vb = unname(rob$value$vb),
+      QM = rob$value$QM, QMdf = unname(rob$value$QMdf), QMp = rob$value$QMp
+    ),
+    robust_predict = c(list(call = rpr_call), pred_fields(ml_run(rpr_call, env)$value))
+  )
+}
+
 ml_case <- function(ds, test, mods = NULL, x_new = NULL, note = NULL, extra = NULL, ctrl = CTRL) {
   info <- DATASETS[[ds]]
   setup <- sprintf(info$setup, info$path)
@@ -119,32 +147,19 @@ ml_case <- function(ds, test, mods = NULL, x_new = NULL, note = NULL, extra = NU
   res <- fitted$value
   env$res <- res
   pr_call <- if (is.null(x_new)) "predict(res)" else sprintf("predict(res, newmods=%s)", deparse(x_new[-1]))
-  rob_call <- sprintf("robust(res, cluster=dat$%s, clubSandwich=TRUE)", info$outer)
-  rob <- ml_run(rob_call, env)
-  env$rob <- rob$value
-  rpr_call <- sub("predict(res", "predict(rob", pr_call, fixed = TRUE)
-  i2 <- i2_multilevel(res)
   case <- list(
     dataset = ds, data = info$path, setup = setup, call = call, cluster = info$outer,
     mods = mods, X_colnames = I(colnames(res$X)), x_new = if (is.null(x_new)) NULL else I(x_new),
-    test = test, note = note, warnings = fitted$warnings,
-    fit = list(
-      sigma2 = res$sigma2, b = unname(c(res$b)), se = unname(res$se), zval = unname(res$zval),
-      pval = unname(res$pval), ci.lb = unname(res$ci.lb), ci.ub = unname(res$ci.ub), vb = unname(res$vb),
-      QE = res$QE, QEp = res$QEp, QM = res$QM, QMdf = res$QMdf, QMp = res$QMp,
-      logLik = as.numeric(logLik(res)), k = res$k, p = res$p, ddf = unname(res$ddf),
-      n_clusters = res$s.nlevels[1], I2 = i2$I2, I2_levels = i2$I2_levels
-    ),
-    predict = c(list(call = pr_call), pred_fields(ml_run(pr_call, env)$value)),
-    robust = list(
-      call = rob_call, warnings = rob$warnings,
-      b = unname(c(rob$value$b)), se = unname(rob$value$se), tval = unname(rob$value$zval),
-      df = unname(rob$value$ddf), pval = unname(rob$value$pval), ci.lb = unname(rob$value$ci.lb),
-      ci.ub = unname(rob$value$ci.ub), vb = unname(rob$value$vb),
-      QM = rob$value$QM, QMdf = unname(rob$value$QMdf), QMp = rob$value$QMp
-    ),
-    robust_predict = c(list(call = rpr_call), pred_fields(ml_run(rpr_call, env)$value))
+    test = test, note = note, warnings = fitted$warnings
   )
+  case <- c(case, ml_blocks(env, info, pr_call))
+  # The same model with both variance components fixed at metafor's estimates: everything downstream
+  # of sigma2 (GLS, tests, predict, I^2, CR2, Satterthwaite, HTZ, logLik) without the optimiser's error.
+  fixed_call <- sprintf("rma.mv(%s)", paste(c(args[!grepl("^(control|sigma2)=", args)],
+                                              sprintf("sigma2=c(%s)", paste(sprintf("%.17g", res$sigma2), collapse = ", "))),
+                                            collapse = ", "))
+  env$res <- ml_run(fixed_call, env)$value
+  case$at_estimate <- c(list(call = fixed_call), ml_blocks(env, info, pr_call))
   case[!vapply(case, is.null, logical(1))]
 }
 

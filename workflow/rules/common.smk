@@ -7,6 +7,31 @@ from snakemake.utils import validate
 
 from alliancemeta.io import InputError, read_sessions, read_studies
 
+
+def _stop(message):
+    """Print one clear message and stop before any job runs (SPEC §7)."""
+    print(f"alliancemeta: input error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _check_config():
+    """Schema errors as one line naming the key, before snakemake's validate fills in defaults."""
+    import jsonschema
+    import yaml
+
+    schema_path = Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
+    schema = yaml.safe_load(schema_path.read_text())
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(config),
+        key=lambda e: [str(p) for p in e.path],
+    )
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        _stop(f"config {key}: {err.message}")
+
+
+_check_config()
 validate(config, "../schemas/config.schema.yaml")
 
 STUDY_DATASETS = list(config["studies"])
@@ -15,12 +40,6 @@ SESSION_DATASETS = list(config["sessions"])
 
 wildcard_constraints:
     dataset="[a-z0-9_]+",
-
-
-def _stop(message):
-    """Print one clear message and stop before any job runs (SPEC §7)."""
-    print(f"alliancemeta: input error: {message}", file=sys.stderr)
-    sys.exit(1)
 
 
 def _check_path(kind, name, entry):
