@@ -542,8 +542,27 @@ RANDOM_EFFECTS_COLUMNS = (
 )  # fmt: skip
 
 
-def summary_row(fit: MetaFit) -> dict:
-    """One row of ``random_effects.csv`` for an intercept-only fit (Fisher-z scale plus r)."""
+def _note(fit: MetaFit, requested_test: str) -> str:
+    """Plain-language caveats for degenerate but valid data, written next to the numbers."""
+    notes = []
+    if fit.k == 1:
+        notes.append("k = 1: the single effect size is reported; no heterogeneity can be estimated")
+        if requested_test != fit.test:
+            notes.append(f"test {requested_test!r} needs k > 1, so the z test is used")
+    elif fit.k == 2:
+        notes.append("k = 2: tau^2 is barely estimable and t-based intervals are very wide")
+    if fit.method != "FE" and fit.k > 1 and fit.tau2 == 0.0:
+        notes.append("tau^2 estimated at 0: the random-effects results equal the equal-effects results")
+    return "; ".join(notes)
+
+
+def summary_row(fit: MetaFit, requested_test: str | None = None) -> dict:
+    """One row of ``random_effects.csv`` for an intercept-only fit (Fisher-z scale plus r).
+
+    ``requested_test`` is the test named in the config; it labels the row even when the model had to
+    fall back (k = 1), and the trailing ``note`` says so.
+    """
+    requested_test = fit.test if requested_test is None else requested_test
     pred = fit.predict()
     if fit.method == "FE" or fit.k - fit.p < 1:
         het = HeterogeneityCI(fit.tau2, np.nan, np.nan, fit.I2, np.nan, np.nan, fit.H2, np.nan, np.nan)
@@ -551,7 +570,7 @@ def summary_row(fit: MetaFit) -> dict:
         het = confint_tau2(fit)
     return {
         "estimator": fit.method,
-        "test": fit.test,
+        "test": requested_test,
         "k": fit.k,
         "estimate": fit.estimate,
         "se": float(fit.se[0]),
@@ -576,6 +595,7 @@ def summary_row(fit: MetaFit) -> dict:
         "r_ci_ub": float(np.tanh(fit.ci_ubs[0])),
         "r_pi_lb": float(np.tanh(pred.pi_lb)),
         "r_pi_ub": float(np.tanh(pred.pi_ub)),
+        "note": _note(fit, requested_test),
     }
 
 
@@ -583,10 +603,12 @@ def random_effects_table(yi, vi, estimators=("REML",), tests=("knha",), level: f
     """Fit every (estimator, test) pair and return the SPEC §5 ``random_effects.csv`` table."""
     import pandas as pd
 
-    rows = [
-        summary_row(random_effects(yi, vi, method=m, test=t, level=level)) for m in estimators for t in tests
-    ]
-    return pd.DataFrame(rows, columns=list(RANDOM_EFFECTS_COLUMNS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the k = 1 fallback is explained in the table's note column
+        rows = [
+            summary_row(random_effects(yi, vi, method=m, test=t, level=level), t) for m in estimators for t in tests
+        ]
+    return pd.DataFrame(rows, columns=[*RANDOM_EFFECTS_COLUMNS, "note"])
 
 
 def write_random_effects(studies, table, estimators=("REML",), tests=("knha",), level: float = 0.95) -> None:
@@ -596,5 +618,4 @@ def write_random_effects(studies, table, estimators=("REML",), tests=("knha",), 
     from alliancemeta.tables import write_csv
 
     frame = pd.read_csv(studies)
-    write_csv(random_effects_table(frame["yi"], frame["vi"], estimators, tests, level), table,
-              RANDOM_EFFECTS_COLUMNS)
+    write_csv(random_effects_table(frame["yi"], frame["vi"], estimators, tests, level), table)

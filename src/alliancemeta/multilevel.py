@@ -879,3 +879,21 @@ def write_multilevel(studies, table, level: float = 0.95, tests=TABLE_TESTS) -> 
 
     frame = pd.read_csv(studies)
     write_csv(multilevel_table(frame, level, tests), table, MULTILEVEL_COLUMNS)
+
+
+def write_aggregated_random_effects(studies, table, rho: float = 0.5, estimators=("REML",), tests=("knha",),
+                                    level: float = 0.95) -> None:
+    """The simpler alternative to the three-level model: aggregate within studies, then pool.
+
+    Effects sharing a ``study_id`` are combined with :func:`aggregate_within_studies` under the
+    assumed sampling correlation ``rho`` (config ``meta.aggregate_rho``), and the one-per-study effects
+    go through the same random-effects table as ``random_effects.csv`` (its columns, k = studies).
+    """
+    from alliancemeta.meta import random_effects_table
+    from alliancemeta.tables import write_csv
+
+    frame = pd.read_csv(studies)
+    agg = aggregate_within_studies(frame["yi"], frame["vi"], frame["study_id"].to_numpy(), rho)
+    out = random_effects_table(agg.yi, agg.vi, estimators, tests, level)
+    out["rho"] = rho
+    write_csv(out, table)

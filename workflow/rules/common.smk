@@ -157,6 +157,10 @@ def moderator_params(wildcards):
     }
 
 
+def aggregate_params(wildcards):
+    return {**meta_params(wildcards), "rho": config["meta"]["aggregate_rho"]}
+
+
 def all_inputs():
     """Every raw input file named in the config (for provenance)."""
     entries = [*config["studies"].values(), *config["sessions"].values()]

@@ -57,3 +57,21 @@ rule multilevel:
 
 
 register_study_output("tables/multilevel.csv", when=has_study_id)
+
+
+rule aggregated:
+    input:
+        studies="data/processed/studies/{dataset}.csv",
+    output:
+        table="results/studies/{dataset}/tables/random_effects_aggregated.csv",
+    log:
+        "logs/meta/aggregated_{dataset}.log",
+    conda:
+        "../envs/alliancemeta.yaml"
+    params:
+        settings=aggregate_params,
+    script:
+        "../scripts/aggregated.py"
+
+
+register_study_output("tables/random_effects_aggregated.csv", when=has_study_id)
