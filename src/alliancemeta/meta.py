@@ -107,24 +107,41 @@ class Tau2Estimate:
     converged: bool
 
 
-def _tau2_upper_bracket(yi, vi, X, target):
-    """An upper bound where Q(tau2) has fallen below ``target`` (doubling from metafor's default 100)."""
-    upper = max(100.0, 10.0 * float(np.var(yi)))
-    for _ in range(200):
-        if q_gen(upper, yi, vi, X) < target:
-            return upper
-        upper *= 10.0
-    raise ConvergenceError("could not bracket tau^2: Q stays above its target for every tau^2 tried")
+def _q_and_slope(tau2: float, yi, vi, X) -> tuple[float, float]:
+    r"""Q(tau2) and its derivative :math:`dQ/d\tau^2 = -\sum_i w_i^2 e_i^2` (the envelope theorem:
+    beta-hat minimises the weighted sum of squares, so only the weights' dependence counts)."""
+    w = 1.0 / (vi + tau2)
+    fit = _wls(yi, X, w)
+    return fit.rss, -float(np.sum((w * fit.resid) ** 2))
 
 
 def _solve_q_equation(yi, vi, X, target) -> float:
-    """Root of Q(tau2) = target on [0, inf), 0 when Q(0) is already below target (Q is decreasing)."""
-    if q_gen(0.0, yi, vi, X) <= target:
+    """Root of Q(tau2) = target on [0, inf); 0 when Q(0) is already at or below target.
+
+    Q is decreasing in tau2.  Newton's method with the exact slope, safeguarded by the bracket that
+    the iterates build up (bisection whenever a step would leave it), converges in a handful of O(k)
+    evaluations, to a relative 4 machine epsilons in tau2.
+    """
+    q, slope = _q_and_slope(0.0, yi, vi, X)
+    if q <= target:
         return 0.0
-    upper = _tau2_upper_bracket(yi, vi, X, target)
-    return optimize.brentq(
-        lambda t2: q_gen(t2, yi, vi, X) - target, 0.0, upper, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500
-    )
+    lo, hi, t = 0.0, np.inf, 0.0
+    for _ in range(MAX_ITER):
+        f = q - target
+        if f > 0:
+            lo = t
+        else:
+            hi = t
+        if f == 0.0:
+            return t
+        new = t - f / slope if slope < 0 else np.inf
+        if not lo < new < hi:
+            new = 0.5 * (lo + hi) if np.isfinite(hi) else max(2.0 * lo, 1.0)
+        if abs(new - t) <= 4 * np.finfo(float).eps * abs(new) or (hi - lo) <= 4 * np.finfo(float).eps * lo:
+            return new
+        t = new
+        q, slope = _q_and_slope(t, yi, vi, X)
+    raise ConvergenceError("the Q-profile equation for tau^2 did not converge; check for extreme sampling variances")
 
 
 def _score_and_information(yi, vi, X, tau2, reml: bool) -> tuple[float, float]:
