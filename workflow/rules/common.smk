@@ -161,6 +161,14 @@ def aggregate_params(wildcards):
     return {**meta_params(wildcards), "rho": config["meta"]["aggregate_rho"]}
 
 
+def sessions_seed(wildcards):
+    return seed_for(f"sessions/{wildcards.dataset}")
+
+
+def sessions_bayes_settings(wildcards):
+    return config["sessions_bayes"]
+
+
 def all_inputs():
     """Every raw input file named in the config (for provenance)."""
     entries = [*config["studies"].values(), *config["sessions"].values()]

@@ -1,0 +1,74 @@
+"""Two-stage pooling over sites and the file-writing entry points that need no sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from alliancemeta.meta import random_effects
+from alliancemeta.sessions import write_session_descriptives, write_site_effects
+from alliancemeta.sessions_data import decompose_alliance
+from alliancemeta.sessions_descriptive import CLIENT_LEVEL_COLUMNS, DESCRIPTIVE_COLUMNS, RUPTURE_COLUMNS
+from alliancemeta.sessions_sites import SITE_COLUMNS, site_effects_table
+from alliancemeta.simulate_sessions import simulate_sessions
+from alliancemeta.tables import write_csv
+
+
+@pytest.fixture(scope="module")
+def frame():
+    data, truth = simulate_sessions(21, n_sites=3, n_therapists=9, n_clients=90)
+    return data, truth
+
+
+@pytest.fixture(scope="module")
+def table(frame):
+    return site_effects_table(decompose_alliance(frame[0], True), method="REML", test="knha")
+
+
+def test_stage_one_and_two_rows(frame, table):
+    data, _ = frame
+    assert tuple(table.columns) == SITE_COLUMNS
+    for model in ("within_between", "lagged"):
+        rows = table[table["model"] == model]
+        assert list(rows["site"]) == ["s1", "s2", "s3", "pooled"]
+        sites, pooled = rows.iloc[:-1], rows.iloc[-1]
+        assert sites["weight"].sum() == pytest.approx(100.0)
+        assert pooled["n_clients"] == data["client"].nunique()
+        ref = random_effects(sites["estimate"].to_numpy(), sites["se"].to_numpy() ** 2, method="REML", test="knha")
+        assert pooled["estimate"] == pytest.approx(ref.estimate)
+        assert pooled["tau2"] == pytest.approx(ref.tau2)
+        assert pooled["Q_df"] == 2 and (pooled["method"], pooled["test"]) == ("REML", "knha")
+        assert pooled["pi_lb"] <= pooled["ci_lb"] < pooled["estimate"] < pooled["ci_ub"] <= pooled["pi_ub"]
+        assert sites[["tau2", "I2", "method"]].isna().all().all()  # pooled-only columns stay empty per site
+
+
+def test_pooled_lagged_effect_is_near_the_truth(frame, table):
+    _, truth = frame
+    pooled = table[(table["model"] == "lagged") & (table["site"] == "pooled")].iloc[0]
+    assert abs(pooled["estimate"] - truth["reported"]["alliance_within_lag"]) < 3 * pooled["se"]
+
+
+def test_one_site_is_refused(frame):
+    one = frame[0].assign(site="s1")
+    with pytest.raises(ValueError, match="at least two sites"):
+        site_effects_table(decompose_alliance(one, True))
+
+
+def test_writers(tmp_path, frame):
+    data, _ = frame
+    src = tmp_path / "sessions.csv"
+    write_csv(data, src)
+    write_session_descriptives(src, tmp_path / "d.csv", tmp_path / "r.csv", tmp_path / "c.csv",
+                               outcome_lower_is_better=True, groups=["gender", "format"])  # fmt: skip
+    for name, columns in (("d.csv", DESCRIPTIVE_COLUMNS), ("r.csv", RUPTURE_COLUMNS), ("c.csv", CLIENT_LEVEL_COLUMNS)):
+        assert tuple(pd.read_csv(tmp_path / name).columns) == columns
+    write_site_effects(src, tmp_path / "s.csv", outcome_lower_is_better=True, method="DL", test="z")
+    sites = pd.read_csv(tmp_path / "s.csv")
+    assert set(sites.loc[sites["site"] == "pooled", "method"]) == {"DL"}
+    no_site = tmp_path / "nosite.csv"
+    write_csv(data.drop(columns="site"), no_site)
+    with pytest.raises(ValueError, match="'site' column"):
+        write_site_effects(no_site, tmp_path / "x.csv", outcome_lower_is_better=True)
+    assert not (tmp_path / "x.csv").exists()
+    assert np.isfinite(sites["estimate"]).all()
