@@ -3,7 +3,8 @@
 Prints a markdown table: median wall time over repeats and peak traced memory of the Python side.
 Targets (issue 3): < 5 ms at k = 300, < 50 ms at k = 30,000, linear to k = 1,000,000 in < 2 s and
 < 1 GiB. With ALLIANCEMETA_BENCH_R=1 and Rscript on PATH, metafor's rma(method="REML", test="knha")
-+ confint + predict is timed on the same data (skipped above k = 1,000: its REML is cubic in k and confint refits many times).
++ confint + predict is timed on the same data (skipped above k = 1,000: its REML is cubic in k and
+confint refits many times).
 """
 
 from __future__ import annotations
@@ -59,10 +60,10 @@ def time_r(k: int) -> float | None:
     with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as handle:
         np.savetxt(handle, np.column_stack([yi, vi]), delimiter=",", header="yi,vi", comments="")
     script = (
-        "suppressMessages(library(metafor)); d <- read.csv('{}'); "
-        "t <- system.time(for (i in 1:3) {{ r <- rma(yi, vi, data=d, method='REML', test='knha'); "
-        "confint(r); predict(r) }}); cat(t[['elapsed']] / 3)"
-    ).format(handle.name)
+        f"suppressMessages(library(metafor)); d <- read.csv('{handle.name}'); "
+        "t <- system.time(for (i in 1:3) { r <- rma(yi, vi, data=d, method='REML', test='knha'); "
+        "confint(r); predict(r) }); cat(t[['elapsed']] / 3)"
+    )
     out = subprocess.run(["Rscript", "-e", script], capture_output=True, text=True, check=True)
     os.unlink(handle.name)
     return float(out.stdout.strip())
