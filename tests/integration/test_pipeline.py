@@ -41,6 +41,7 @@ CONTRACTS = {
         "loo_estimate", "loo_se", "loo_ci_lb", "loo_ci_ub", "loo_tau2", "loo_I2",
     ],
     "bayes.csv": ["parameter", "mean", "sd", "eti_lb", "eti_ub", "ess_bulk", "ess_tail", "r_hat"],
+    "prior_sensitivity.csv": ["prior", "parameter", "mean", "sd", "eti_lb", "eti_ub"],
     "mixed_models.csv": ["model", "engine", "term", "estimate", "se", "ci_lb", "ci_ub", "pval"],
 }  # fmt: skip
 

@@ -1,0 +1,112 @@
+"""The Bayesian stage end to end: moderator designs, all models for one dataset, the written outputs."""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+
+from alliancemeta.bayes import pipeline
+from alliancemeta.bayes.pipeline import BAYES_COLUMNS, moderator_design, write_bayes
+from alliancemeta.bayes.sampling import ESS_BULK_MIN, R_HAT_MAX, SamplingError
+from alliancemeta.bayes.summary import COMPARISON_COLUMNS
+
+BAYES = {
+    "prior_mu": {"dist": "normal", "mu": 0, "sigma": 1},
+    "prior_tau": {"dist": "halfnormal", "sigma": 0.5},
+    "draws": 1000,
+    "tune": 1000,
+    "chains": 4,
+}
+
+
+def dataset(seed=5, n_clusters=16):
+    """A small processed study table: effects nested in studies, three kinds of moderator."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 4, n_clusters)
+    study_id = np.repeat([f"S{j:02d}" for j in range(n_clusters)], sizes)
+    k = study_id.size
+    rater = rng.choice(["client", "observer", "therapist"], k)
+    dose = rng.normal(12, 4, k)
+    dose[[1, 5]] = np.nan  # incomplete numeric moderator: its model drops two rows
+    n = rng.integers(30, 250, k)
+    _, codes = np.unique(study_id, return_inverse=True)
+    theta = 0.29 - 0.05 * (rater == "therapist") + rng.normal(0, 0.1, n_clusters)[codes] + rng.normal(0, 0.05, k)
+    yi = rng.normal(theta, 1 / np.sqrt(n - 3))
+    return pd.DataFrame({"study": [f"Effect {i + 1}" for i in range(k)], "yi": yi, "vi": 1.0 / (n - 3),
+                         "study_id": study_id, "rater": rater, "dose": dose, "setting": "outpatient"})
+
+
+def test_moderator_designs_follow_r_conventions():
+    frame = dataset()
+    d = moderator_design(frame, "rater")
+    assert d.terms == ("intrcpt", "raterobserver", "ratertherapist")
+    np.testing.assert_array_equal(d.X[:, 2], (frame["rater"] == "therapist").astype(float))
+    assert d.rows.all() and d.centre is None
+    num = moderator_design(frame, "dose")
+    assert num.terms == ("intrcpt", "dose") and num.rows.sum() == len(frame) - 2
+    assert num.X[:, 1].mean() == pytest.approx(0.0, abs=1e-12)
+    assert num.centre == pytest.approx(frame["dose"].mean())
+    assert moderator_design(frame, "setting") is None  # one level: nothing to estimate
+
+
+def test_nothing_is_written_when_a_model_fails(tmp_path, monkeypatch):
+    studies = tmp_path / "studies.csv"
+    dataset().to_csv(studies, index=False)
+    table = tmp_path / "tables" / "bayes.csv"
+    table.parent.mkdir()
+    table.write_text("an earlier good result\n")
+
+    def failing(*args, **kwargs):
+        raise SamplingError("random-effects model: MCMC did not converge")
+
+    monkeypatch.setattr(pipeline, "fit", failing)
+    with pytest.raises(SamplingError, match="did not converge"):
+        write_bayes(studies, table, tmp_path / "tables" / "cmp.csv", tmp_path / "posterior.nc", bayes=BAYES,
+                    seed=1)
+    assert table.read_text() == "an earlier good result\n"
+    assert not (tmp_path / "posterior.nc").exists() and not (tmp_path / "tables" / "cmp.csv").exists()
+
+
+@pytest.mark.slow
+def test_write_bayes_end_to_end(tmp_path):
+    from alliancemeta.plots_bayes import write_posterior_figure
+
+    frame = dataset()
+    studies = tmp_path / "studies.csv"
+    frame.to_csv(studies, index=False)
+    out = {"table": tmp_path / "tables" / "bayes.csv", "comparison": tmp_path / "tables" / "model_comparison.csv",
+           "posterior": tmp_path / "posterior.nc"}
+    write_bayes(studies, out["table"], out["comparison"], out["posterior"], bayes=BAYES, seed=42,
+                moderators=["rater", "dose", "setting"], dataset="demo_synthetic")
+    table = pd.read_csv(out["table"])
+    assert list(table.columns) == list(BAYES_COLUMNS)
+    assert list(table["parameter"].iloc[:4]) == ["mu", "tau", "r", "theta_new"]
+    assert {"rater:intrcpt", "rater:raterobserver", "rater:ratertherapist", "rater:tau", "dose:dose",
+            "three_level:mu", "three_level:sigma_study", "three_level:sigma_within"} <= set(table["parameter"])
+    assert not table["parameter"].str.startswith("setting").any()
+    assert (table["r_hat"] <= R_HAT_MAX).all() and (table["ess_bulk"] >= ESS_BULK_MIN).all()
+    assert (table["n_divergent"] == 0).all()
+    assert table.loc[table["parameter"].str.startswith("dose:"), "k"].eq(len(frame) - 2).all()
+    # every MCMC summary with an exact counterpart agrees within Monte-Carlo error
+    exact = table.dropna(subset=["exact_mean"])
+    assert len(exact) == len(table) - 5  # all but the five three-level rows
+    z = (exact["mean"] - exact["exact_mean"]) / exact["mcse_mean"]
+    assert (z.abs() < 4.5).all(), exact.loc[z.abs() >= 4.5, "parameter"].tolist()
+
+    comparison = pd.read_csv(out["comparison"])
+    assert list(comparison.columns) == list(COMPARISON_COLUMNS)
+    effect = comparison[comparison["unit"] == "effect"]
+    assert set(effect["model"]) == {"random_effects", "fixed_effect", "meta_regression:rater"}
+    study = comparison[comparison["unit"] == "study"]
+    assert set(study["model"]) == {"random_effects", "fixed_effect", "three_level"}
+    assert (study["k"] == frame["study_id"].nunique()).all()
+
+    idata = az.from_netcdf(out["posterior"], engine="h5netcdf")
+    assert {"posterior", "log_likelihood", "sample_stats", "observed_data", "constant_data"} <= set(idata.groups())
+    assert idata.log_likelihood["y"].sizes["study"] == len(frame)
+
+    pdf, png = tmp_path / "figures" / "posterior.pdf", tmp_path / "figures" / "posterior.png"
+    write_posterior_figure(studies, out["posterior"], pdf, png, bayes=BAYES, dataset="demo_synthetic")
+    assert pdf.stat().st_size > 5_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
