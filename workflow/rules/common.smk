@@ -97,7 +97,9 @@ def has_year(dataset):
 
 
 def has_site(dataset):
-    return "site" in SESSION_FRAMES[dataset]
+    """Two-stage pooling over sites needs a site column with at least two sites."""
+    frame = SESSION_FRAMES[dataset]
+    return "site" in frame and frame["site"].nunique() >= 2
 
 
 def headline_method():
