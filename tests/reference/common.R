@@ -5,6 +5,20 @@ suppressPackageStartupMessages({
   library(jsonlite)
 })
 
+# Evaluate `code` (a string) in `env`, collecting warnings instead of printing them, so each fixture
+# case can store the warnings R gave next to its values.
+run_collecting_warnings <- function(code, env) {
+  warns <- character()
+  value <- withCallingHandlers(
+    eval(parse(text = code), envir = env),
+    warning = function(w) {
+      warns <<- c(warns, conditionMessage(w))
+      invokeRestart("muffleWarning")
+    }
+  )
+  list(value = value, warnings = I(unique(warns)))
+}
+
 ref_versions <- function(extra = character()) {
   pkgs <- unique(c("metafor", "metadat", "jsonlite", extra))
   out <- list(R = R.version.string)

@@ -22,18 +22,6 @@ suppressPackageStartupMessages(library(metadat))
 
 CTRL <- "control=list(threshold=1e-12, tol=1e-12)"
 
-run <- function(code, env) {
-  warns <- character()
-  value <- withCallingHandlers(
-    eval(parse(text = code), envir = env),
-    warning = function(w) {
-      warns <<- c(warns, conditionMessage(w))
-      invokeRestart("muffleWarning")
-    }
-  )
-  list(value = value, warnings = I(unique(warns)))
-}
-
 SETUPS <- list(
   molloy2014 = paste(
     'dat <- escalc("ZCOR", ri=r, ni=n, data=read.csv("data/raw/molloy2014.csv"))',
@@ -71,20 +59,20 @@ model_call <- function(method, test) {
 
 blk_regtest <- function(env) {
   call <- 'regtest(res, model="rma", predictor="sei")'
-  r <- run(call, env)$value
+  r <- run_collecting_warnings(call, env)$value
   list(call = call, zval = unname(r$zval), pval = unname(r$pval), ddf = unname(r$ddf),
        est = unname(r$est), ci_lb = unname(r$ci.lb), ci_ub = unname(r$ci.ub))
 }
 
 blk_ranktest <- function(env) {
   call <- "ranktest(res)"
-  out <- run(call, env)
+  out <- run_collecting_warnings(call, env)
   list(call = call, tau = unname(out$value$tau), pval = unname(out$value$pval), warnings = out$warnings)
 }
 
 blk_trimfill <- function(env, estimator) {
   call <- sprintf('trimfill(res, estimator="%s", test=res$test, %s)', estimator, CTRL)
-  tf <- run(call, env)$value
+  tf <- run_collecting_warnings(call, env)$value
   fill <- tf$fill
   list(call = call, estimate = unname(c(tf$beta)), se = tf$se, zval = tf$zval, pval = tf$pval,
        ci_lb = tf$ci.lb, ci_ub = tf$ci.ub, tau2 = tf$tau2, k0 = tf$k0, se_k0 = tf$se.k0, side = tf$side,
@@ -94,7 +82,7 @@ blk_trimfill <- function(env, estimator) {
 
 blk_lm <- function(env, predictor) {
   call <- sprintf("summary(lm(yi ~ %s, weights=1/vi, data=dat))", predictor)
-  s <- run(call, env)$value
+  s <- run_collecting_warnings(call, env)$value
   co <- coef(s)
   ci <- suppressMessages(confint(lm(as.formula(paste("yi ~", predictor)), weights = 1 / vi, data = env$dat)))
   list(call = call, intercept = co[1, 1], se = co[1, 2], tval = co[1, 3], pval = co[1, 4],
@@ -137,7 +125,7 @@ polish_selmodel <- function(sm, newton_steps = 4) {
 
 blk_selmodel <- function(env) {
   call <- 'selmodel(res, type="stepfun", steps=0.025, control=list(optimizer="nlminb"))'
-  out <- run(call, env)
+  out <- run_collecting_warnings(call, env)
   sm <- out$value
   pp <- polish_selmodel(sm)
   crit <- qnorm(0.975)
@@ -156,18 +144,18 @@ blk_selmodel <- function(env) {
 
 blk_selmodel_default <- function(env) {
   call <- 'selmodel(res, type="stepfun", steps=0.025)'
-  sel_fields(run(call, env)$value, call)
+  sel_fields(run_collecting_warnings(call, env)$value, call)
 }
 
 blk_fsn <- function(env) {
   call <- 'fsn(yi, vi, data=dat, type="Rosenthal")'
-  f <- run(call, env)$value
+  f <- run_collecting_warnings(call, env)$value
   list(call = call, fsnum = f$fsnum, pval = f$pval, alpha = f$alpha)
 }
 
 blk_influence <- function(env) {
   call <- "influence(res)"
-  inf <- run(call, env)$value
+  inf <- run_collecting_warnings(call, env)$value
   list(call = call, rstudent = I(inf$inf$rstudent), dffits = I(inf$inf$dffits), cook_d = I(inf$inf$cook.d),
        cov_r = I(inf$inf$cov.r), tau2_del = I(inf$inf$tau2.del), QE_del = I(inf$inf$QE.del),
        hat = I(inf$inf$hat), weight = I(inf$inf$weight), dfbs = I(inf$dfbs[[1]]),
@@ -176,7 +164,7 @@ blk_influence <- function(env) {
 
 blk_leave1out <- function(env) {
   call <- "leave1out(res)"
-  l <- run(call, env)$value
+  l <- run_collecting_warnings(call, env)$value
   stat <- if (!is.null(l$zval)) l$zval else l$tval
   list(call = call, estimate = I(l$estimate), se = I(l$se), stat = I(stat), pval = I(l$pval),
        ci_lb = I(l$ci.lb), ci_ub = I(l$ci.ub), Q = I(l$Q), Qp = I(l$Qp),
@@ -185,7 +173,7 @@ blk_leave1out <- function(env) {
 
 blk_cumul <- function(env) {
   call <- "cumul(res, order=year)"
-  cu <- run(call, env)
+  cu <- run_collecting_warnings(call, env)
   l <- cu$value
   stat <- if (!is.null(l$zval)) l$zval else l$tval
   list(call = call, order = I(as.numeric(order(env$dat$year))), estimate = I(l$estimate), se = I(l$se),
@@ -196,7 +184,7 @@ blk_cumul <- function(env) {
 blk_baujat <- function(env) {
   call <- "baujat(res)"
   grDevices::pdf(NULL)
-  b <- run(call, env)$value
+  b <- run_collecting_warnings(call, env)$value
   grDevices::dev.off()
   list(call = call, x = I(b$x), y = I(b$y))
 }

@@ -28,19 +28,6 @@ if (file.exists("data/raw/alliance_synthetic.csv")) {
   message("refs_meta.R: data/raw/alliance_synthetic.csv not found; its cases are skipped")
 }
 
-# Evaluate `code` (a string) in `env`, collecting warnings instead of printing them.
-run <- function(code, env) {
-  warns <- character()
-  value <- withCallingHandlers(
-    eval(parse(text = code), envir = env),
-    warning = function(w) {
-      warns <<- c(warns, conditionMessage(w))
-      invokeRestart("muffleWarning")
-    }
-  )
-  list(value = value, warnings = I(unique(warns)))
-}
-
 setup_code <- function(path, measure = "ZCOR") {
   sprintf('dat <- escalc("%s", ri=r, ni=n, data=read.csv("%s"))', measure, path)
 }
@@ -81,7 +68,7 @@ confint_fields <- function(ci) {
 rma_case <- function(dataset, path, setup, method, test, call, rows = NULL, yi_const = NULL,
                      with_confint = TRUE, ci_ctrl = CI_CTRL, note = NULL) {
   env <- new_data_env(setup)
-  fitted <- run(call, env)
+  fitted <- run_collecting_warnings(call, env)
   res <- fitted$value
   env$res <- res
   pr_call <- "predict(res)"
@@ -92,12 +79,12 @@ rma_case <- function(dataset, path, setup, method, test, call, rows = NULL, yi_c
     rows = if (is.null(rows)) NULL else I(rows), yi_const = yi_const, note = note,
     warnings = fitted$warnings,
     fit = fit_fields(res),
-    predict = c(list(call = pr_call), pred_fields(run(pr_call, env)$value)),
-    predict_r = c(list(call = pr_r_call), pred_fields(run(pr_r_call, env)$value))
+    predict = c(list(call = pr_call), pred_fields(run_collecting_warnings(pr_call, env)$value)),
+    predict_r = c(list(call = pr_r_call), pred_fields(run_collecting_warnings(pr_r_call, env)$value))
   )
   if (with_confint && !is.element(res$method, c("FE", "EE", "CE"))) {
     ci_call <- if (nzchar(ci_ctrl)) sprintf("confint(res, %s)", ci_ctrl) else "confint(res)"
-    ci <- tryCatch(run(ci_call, env), error = function(e) e)
+    ci <- tryCatch(run_collecting_warnings(ci_call, env), error = function(e) e)
     case$confint <- if (inherits(ci, "error")) {
       list(call = ci_call, error = conditionMessage(ci))
     } else {
@@ -196,7 +183,7 @@ for (ds in intersect(names(MODS), names(DATASETS))) {
   for (mods in MODS[[ds]]) for (method in c("REML", "ML")) for (test in c("z", "knha")) {
     call <- rma_call(method, test, extra = sprintf("mods=%s", mods))
     env <- new_data_env(setup)
-    fitted <- run(call, env)
+    fitted <- run_collecting_warnings(call, env)
     res <- fitted$value
     cases[[sprintf("metareg/%s/%s/%s/%s", ds, gsub(" ", "", mods), method, test)]] <- c(
       list(dataset = ds, data = DATASETS[[ds]], measure = "ZCOR", setup = setup, call = call, mods = mods,
@@ -217,15 +204,15 @@ for (ds in intersect(names(SUBGROUPS), names(DATASETS))) {
     groups <- list()
     for (lev in levels) {
       call <- rma_call(method, "z", extra = sprintf('subset=%s=="%s"', mod, lev))
-      res <- run(call, env)$value
+      res <- run_collecting_warnings(call, env)$value
       groups[[lev]] <- c(list(call = call), fit_fields(res))
     }
     env$estimates <- vapply(groups, function(g) g$b, numeric(1))
     env$ses <- vapply(groups, function(g) g$se, numeric(1))
     wald_call <- sprintf('rma(yi, vi, mods=~factor(%s), data=dat, method="FE")', mod)
-    wald <- run(wald_call, env)$value
+    wald <- run_collecting_warnings(wald_call, env)$value
     fe_call <- 'rma(estimates, sei=ses, method="FE")'
-    fe <- run(fe_call, env)$value
+    fe <- run_collecting_warnings(fe_call, env)$value
     cases[[sprintf("subgroup/%s/%s/%s", ds, mod, method)]] <- list(
       dataset = ds, data = DATASETS[[ds]], measure = "ZCOR", setup = setup, moderator = mod,
       method = method, levels = I(levels), groups = groups,

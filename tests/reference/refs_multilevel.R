@@ -16,18 +16,6 @@ suppressPackageStartupMessages(library(clubSandwich))
 CTRL <- "control=list(rel.tol=1e-12, iter.max=10000, eval.max=10000)"
 DATA_DIR <- file.path("tests", "reference", "data")
 
-ml_run <- function(code, env) {
-  warns <- character()
-  value <- withCallingHandlers(
-    eval(parse(text = code), envir = env),
-    warning = function(w) {
-      warns <<- c(warns, conditionMessage(w))
-      invokeRestart("muffleWarning")
-    }
-  )
-  list(value = value, warnings = I(unique(warns)))
-}
-
 # Numbers written with 17 significant digits so that Python reads back exactly the doubles R fitted.
 # (15 when that already round-trips, so that e.g. 0.118 stays 0.118).
 write_csv17 <- function(df, path) {
@@ -103,7 +91,7 @@ i2_multilevel <- function(res) {
 ml_blocks <- function(env, info, pr_call) {
   res <- env$res
   rob_call <- sprintf("robust(res, cluster=dat$%s, clubSandwich=TRUE)", info$outer)
-  rob <- ml_run(rob_call, env)
+  rob <- run_collecting_warnings(rob_call, env)
   env$rob <- rob$value
   rpr_call <- sub("predict(res", "predict(rob", pr_call, fixed = TRUE)
   i2 <- i2_multilevel(res)
@@ -115,7 +103,7 @@ ml_blocks <- function(env, info, pr_call) {
       logLik = as.numeric(logLik(res)), k = res$k, p = res$p, ddf = unname(res$ddf),
       n_clusters = res$s.nlevels[1], I2 = i2$I2, I2_levels = i2$I2_levels
     ),
-    predict = c(list(call = pr_call), pred_fields(ml_run(pr_call, env)$value)),
+    predict = c(list(call = pr_call), pred_fields(run_collecting_warnings(pr_call, env)$value)),
     robust = list(
       call = rob_call, warnings = rob$warnings,
       b = unname(c(rob$value$b)), se = unname(rob$value$se), tval = unname(rob$value$zval),
@@ -123,7 +111,7 @@ ml_blocks <- function(env, info, pr_call) {
       ci.ub = unname(rob$value$ci.ub), vb = unname(rob$value$vb),
       QM = rob$value$QM, QMdf = unname(rob$value$QMdf), QMp = rob$value$QMp
     ),
-    robust_predict = c(list(call = rpr_call), pred_fields(ml_run(rpr_call, env)$value))
+    robust_predict = c(list(call = rpr_call), pred_fields(run_collecting_warnings(rpr_call, env)$value))
   )
 }
 
@@ -136,7 +124,7 @@ ml_case <- function(ds, test, mods = NULL, x_new = NULL, note = NULL, extra = NU
             sprintf("random=~1|%s/%s", info$outer, info$inner), "data=dat", 'method="REML"',
             sprintf('test="%s"', test), extra, if (nzchar(ctrl)) ctrl)
   call <- sprintf("rma.mv(%s)", paste(args, collapse = ", "))
-  fitted <- tryCatch(ml_run(call, env), error = function(e) e)
+  fitted <- tryCatch(run_collecting_warnings(call, env), error = function(e) e)
   if (inherits(fitted, "error") && nzchar(ctrl)) {
     # nlminb sometimes reports failure at rel.tol = 1e-12 although it sits at the optimum; its default
     # rel.tol (1e-10) then gives the same optimum to about 1e-8, which is recorded in the note.
@@ -158,7 +146,7 @@ ml_case <- function(ds, test, mods = NULL, x_new = NULL, note = NULL, extra = NU
   fixed_call <- sprintf("rma.mv(%s)", paste(c(args[!grepl("^(control|sigma2)=", args)],
                                               sprintf("sigma2=c(%s)", paste(sprintf("%.17g", res$sigma2), collapse = ", "))),
                                             collapse = ", "))
-  env$res <- ml_run(fixed_call, env)$value
+  env$res <- run_collecting_warnings(fixed_call, env)$value
   case$at_estimate <- c(list(call = fixed_call), ml_blocks(env, info, pr_call))
   case[!vapply(case, is.null, logical(1))]
 }
@@ -202,7 +190,7 @@ for (ds in names(AGG)) for (rho in c(0.5, 0.8)) {
   prep <- "if (!inherits(dat, \"escalc\")) dat <- escalc(yi=yi, vi=vi, data=dat)"
   eval(parse(text = prep), envir = env)
   call <- sprintf('aggregate(dat, cluster=%s, rho=%s, struct="CS")', AGG[[ds]], rho)
-  agg <- ml_run(call, env)$value
+  agg <- run_collecting_warnings(call, env)$value
   cases[[sprintf("aggregate/%s/rho%s", ds, rho)]] <- list(
     dataset = ds, data = info$path, setup = paste(setup, prep, sep = "; "), call = call, cluster = AGG[[ds]],
     rho = rho, clusters = I(as.character(agg[[AGG[[ds]]]])), yi = as.numeric(agg$yi), vi = as.numeric(agg$vi)
