@@ -165,3 +165,19 @@ def test_fixed_tau2_zero_equals_equal_effects(data):
     re0 = meta.random_effects(yi, vi, method="REML", tau2=0.0)
     assert re0.estimate == pytest.approx(fe.estimate, rel=1e-12, abs=1e-14)
     assert re0.se[0] == pytest.approx(fe.se[0], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("yi", "vi"),
+    [
+        # huge samples: n = 10 million per study, vi ~ 1e-7
+        (np.array([0.28, 0.281, 0.279, 0.2805]), np.full(4, 1 / (10_000_000 - 3))),
+        # extreme heterogeneity: effects spread over most of the Fisher-z range with tiny sampling error
+        (np.array([-2.0, -0.5, 0.3, 1.1, 2.5, 0.0]), np.full(6, 1e-4)),
+    ],
+)
+def test_extreme_but_valid_data_give_finite_tables(yi, vi):
+    table = meta.random_effects_table(yi, vi, meta.ESTIMATORS, meta.TESTS)
+    numeric = table.drop(columns=["estimator", "test", "note"])
+    assert np.isfinite(numeric.drop(columns=["tau2_ci_lb", "tau2_ci_ub", "I2_ci_lb", "I2_ci_ub"]).to_numpy()).all()
+    assert (table["r"].abs() <= 1).all() and (table["I2"] <= 100).all()
