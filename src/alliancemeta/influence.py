@@ -493,8 +493,8 @@ def _i2_h2(method: str, tau2, vt, QE, df):
 
 
 @dataclass(frozen=True)
-class LeaveOneOut:
-    """``metafor::leave1out``: the pooled effect with each effect size left out in turn."""
+class RefitSeries:
+    """One intercept-only fit per row (a deletion or a cumulative step), with metafor's columns."""
 
     estimate: np.ndarray
     se: np.ndarray
@@ -507,6 +507,11 @@ class LeaveOneOut:
     tau2: np.ndarray
     I2: np.ndarray
     H2: np.ndarray
+
+
+@dataclass(frozen=True)
+class LeaveOneOut(RefitSeries):
+    """``metafor::leave1out``: the pooled effect with each effect size left out in turn."""
 
 
 def _require_intercept_only(fit: MetaFit, what: str) -> None:
@@ -670,22 +675,11 @@ def baujat(fit: MetaFit, deleted: DeletionFits | None = None) -> Baujat:
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Cumulative:
+@dataclass(frozen=True, kw_only=True)
+class Cumulative(RefitSeries):
     """``metafor::cumul(res, order=...)``: row j pools the first j effect sizes in ``order``."""
 
     order: np.ndarray  # indices into the original data, in cumulative order
-    estimate: np.ndarray
-    se: np.ndarray
-    stat: np.ndarray
-    pval: np.ndarray
-    ci_lb: np.ndarray
-    ci_ub: np.ndarray
-    Q: np.ndarray
-    Qp: np.ndarray
-    tau2: np.ndarray
-    I2: np.ndarray
-    H2: np.ndarray
 
 
 def cumul(fit: MetaFit, order=None) -> Cumulative:
