@@ -27,14 +27,7 @@ import pandas as pd
 from alliancemeta.effects import escalc_cor
 
 STUDY_REQUIRED = ("study",)
-STUDY_EFFECT_COLUMNS = (("r", "n"), ("yi", "vi"))
-STUDY_OPTIONAL = ("study_id", "year")
 SESSION_REQUIRED = ("client", "session", "alliance", "outcome")
-SESSION_OPTIONAL = ("therapist", "site", "case", "alliance_goal", "alliance_task", "alliance_bond")
-KNOWN_COLUMNS = {
-    "studies": (*STUDY_REQUIRED, "r", "n", "yi", "vi", *STUDY_OPTIONAL),
-    "sessions": SESSION_REQUIRED + SESSION_OPTIONAL,
-}
 _DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")
 
 
@@ -343,15 +336,6 @@ def read_sessions(path: str | os.PathLike, groups: Sequence[str] = ()) -> Sessio
             "between-client effects but carry no within-client information"
         )
     return SessionData(frame.sort_values(["client", "session"], kind="stable").reset_index(drop=True), notes)
-
-
-def validate_file(path: str | os.PathLike, kind: str, columns: Sequence[str] = ()) -> list[str]:
-    """Validate one file of ``kind`` ("studies" or "sessions"); return notes, raise InputError on a problem."""
-    if kind == "studies":
-        return read_table(path).notes if read_studies(path, columns) is not None else []
-    if kind == "sessions":
-        return read_sessions(path, columns).notes
-    raise ValueError(f"unknown kind {kind!r}; expected 'studies' or 'sessions'")
 
 
 def write_processed_studies(raw, out, moderators: Sequence[str] = ()) -> None:
