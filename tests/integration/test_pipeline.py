@@ -40,6 +40,11 @@ CONTRACTS = {
         "study", "rstudent", "dffits", "cooks_distance", "cov_ratio", "tau2_del", "QE_del", "hat", "weight",
         "loo_estimate", "loo_se", "loo_ci_lb", "loo_ci_ub", "loo_tau2", "loo_I2",
     ],
+    "influence_multilevel.csv": [
+        "study_id", "k", "cooks_distance", "dfbetas", "rstudent_X2", "rstudent_df", "rstudent_pval", "rstandard_X2",
+        "hat", "sigma2_study_del", "sigma2_within_del", "loo_estimate", "loo_se", "loo_pval", "loo_ci_lb", "loo_ci_ub",
+        "loo_r", "loo_r_ci_lb", "loo_r_ci_ub", "influential",
+    ],
     "bayes.csv": ["parameter", "mean", "sd", "eti_lb", "eti_ub", "ess_bulk", "ess_tail", "r_hat"],
     "prior_sensitivity.csv": ["prior", "parameter", "mean", "sd", "eti_lb", "eti_ub"],
     "mixed_models.csv": ["model", "engine", "term", "estimate", "se", "ci_lb", "ci_ub", "pval"],
