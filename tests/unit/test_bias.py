@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from alliancemeta import bias
 from alliancemeta.effects import escalc_cor
@@ -162,7 +163,7 @@ def test_selection_likelihood_derivatives():
     yi, vi = simulated(25, 8, select=True)
     X = np.column_stack([np.ones(25), np.linspace(-1, 1, 25)])
     steps = np.array([0.025, 0.5, 1.0])
-    groups = np.searchsorted(steps, bias.stats.norm.sf(yi / np.sqrt(vi)))
+    groups = np.searchsorted(steps, stats.norm.sf(yi / np.sqrt(vi)))
     lik = bias._StepLikelihood(yi, vi, X, steps, groups, None)
     theta = np.array([0.2, 0.05, 0.02, 0.4, 0.7])
     _, g, H = lik.evaluate(theta)
@@ -180,7 +181,7 @@ def test_selection_likelihood_at_no_selection_is_the_random_effects_likelihood()
     yi, vi = molloy()
     ml = random_effects(yi, vi, method="ML")
     steps = np.array([0.025, 1.0])
-    groups = np.searchsorted(steps, bias.stats.norm.sf(yi / np.sqrt(vi)))
+    groups = np.searchsorted(steps, stats.norm.sf(yi / np.sqrt(vi)))
     lik = bias._StepLikelihood(yi, vi, ml.X, steps, groups, None)
     ll, _, _ = lik.evaluate(np.array([ml.estimate, ml.tau2, 1.0]), 0)
     assert ll == pytest.approx(bias._ml_loglik(yi, vi, ml.X, ml), rel=1e-13)
