@@ -239,7 +239,7 @@ def test_fixed_variance_components():
 
 
 def test_unconverged_fit_raises(monkeypatch):
-    import alliancemeta.multilevel as ml
+    import alliancemeta.multilevel.model as ml  # _maximise_reml reads MAX_ITER from its own module
 
     yi, vi, cluster, X = simulate(n_clusters=20, seed=9, moderator=True)
     monkeypatch.setattr(ml, "MAX_ITER", 1)
