@@ -354,9 +354,11 @@ def test_multilevel_table():
     yi, vi, cluster, _ = simulate(n_clusters=20, seed=17)
     frame = pd.DataFrame({"study": [f"e{i}" for i in range(yi.size)], "study_id": cluster, "yi": yi, "vi": vi})
     table = multilevel_table(frame, level=0.95)
-    assert tuple(table.columns) == MULTILEVEL_COLUMNS
+    assert tuple(table.columns[: len(MULTILEVEL_COLUMNS)]) == MULTILEVEL_COLUMNS
     assert list(table["test"]) == ["z", "t", "cr2"]
     fit = three_level(yi, vi, cluster, test="t")
+    np.testing.assert_allclose(table["I2"], fit.I2, rtol=1e-15)
+    np.testing.assert_allclose(table["I2_study"] + table["I2_within"], table["I2"], rtol=1e-12)
     rob = robust_cr2(fit)
     t_row, cr2_row = table.iloc[1], table.iloc[2]
     np.testing.assert_allclose(t_row["ci_lb"], fit.ci_lb[0], rtol=1e-12)

@@ -10,6 +10,8 @@ from alliancemeta.multilevel.model import MultilevelFit, three_level
 from alliancemeta.multilevel.robust import robust_cr2
 
 TABLE_TESTS = ("z", "t", "cr2")
+#: Trailing columns after the SPEC contract: total and level-specific I^2 in percent (Cheung 2014).
+LEVEL_I2_COLUMNS = ("I2", "I2_study", "I2_within")
 MULTILEVEL_COLUMNS = (
     "test", "k", "n_studies", "estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "pi_lb", "pi_ub",
     "sigma2_study", "sigma2_within", "r", "r_ci_lb", "r_ci_ub",
@@ -64,9 +66,12 @@ def multilevel_table(frame: pd.DataFrame, level: float = 0.95, tests=TABLE_TESTS
                 "r": float(np.tanh(pred.pred)),
                 "r_ci_lb": float(np.tanh(pred.ci_lb)),
                 "r_ci_ub": float(np.tanh(pred.ci_ub)),
+                "I2": fit.I2,
+                "I2_study": fit.I2_study,
+                "I2_within": fit.I2_within,
             }
         )
-    return pd.DataFrame(rows, columns=list(MULTILEVEL_COLUMNS))
+    return pd.DataFrame(rows, columns=[*MULTILEVEL_COLUMNS, *LEVEL_I2_COLUMNS])
 
 
 def write_multilevel(studies, table, level: float = 0.95, tests=TABLE_TESTS) -> None:
@@ -74,7 +79,7 @@ def write_multilevel(studies, table, level: float = 0.95, tests=TABLE_TESTS) -> 
     from alliancemeta.tables import write_csv
 
     frame = pd.read_csv(studies)
-    write_csv(multilevel_table(frame, level, tests), table, MULTILEVEL_COLUMNS)
+    write_csv(multilevel_table(frame, level, tests), table, [*MULTILEVEL_COLUMNS, *LEVEL_I2_COLUMNS])
 
 
 def write_aggregated_random_effects(studies, table, rho: float = 0.5, estimators=("REML",), tests=("knha",),
