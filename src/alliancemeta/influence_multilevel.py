@@ -72,8 +72,8 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, stats
 
-from alliancemeta.meta import ConvergenceError
-from alliancemeta.multilevel import Clusters, MultilevelFit, _maximise_reml, _ThreeLevel, three_level
+from alliancemeta.multilevel import Clusters, MultilevelFit, _ThreeLevel, three_level
+from alliancemeta.multilevel.model import _solve_reml
 from alliancemeta.tables import write_csv
 
 log = logging.getLogger(__name__)
@@ -199,19 +199,10 @@ def _refit(full: _ThreeLevel, keep: np.ndarray, start: np.ndarray, fixed, unit_l
         warnings.warn(f"deleting {unit_label}: {reason}; its diagnostics are NaN", stacklevel=3)
         return None
     model = _WarmThreeLevel(full.y[keep], full.v[keep], X, groups, start)
-    tied = bool(np.all(groups.sizes == 1)) and fixed == (None, None)
-    if tied:
-        warnings.warn(
-            f"deleting {unit_label} leaves one effect per study: sigma2_study and sigma2_within are not "
-            "separately identified; their sum is estimated and split equally (as three_level does)",
-            stacklevel=3,
-        )
-    opt = _maximise_reml(model, tied, fixed)
-    if not opt.converged:
-        raise ConvergenceError(
-            f"REML refit of the three-level model without {unit_label} did not converge in {opt.iterations} "
-            f"iterations (last sigma2 = {opt.evaluation.theta.tolist()})"
-        )
+    opt = _solve_reml(
+        model, groups, fixed, what=f"REML refit of the three-level model without {unit_label}",
+        tied_note=f"deleting {unit_label} leaves one effect per study", stacklevel=4,
+    )  # fmt: skip
     ev = opt.evaluation
     return _Refit(ev.theta.copy(), ev.beta, ev.vb, k, opt.iterations)
 

@@ -54,7 +54,6 @@ from alliancemeta.multilevel.model import (
     reml_loglik,
     three_level,
 )
-from alliancemeta.multilevel.model import _maximise_reml as _maximise_reml
 from alliancemeta.multilevel.model import _ThreeLevel as _ThreeLevel
 from alliancemeta.multilevel.robust import CR2_EIGEN_TOL, RobustResult, robust_cr2
 from alliancemeta.multilevel.tables import (

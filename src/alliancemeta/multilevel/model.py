@@ -340,6 +340,30 @@ def _moderator_columns(X: np.ndarray) -> np.ndarray:
     return np.arange(1, p) if p > 1 and np.allclose(X[:, 0], 1.0) else np.arange(p)
 
 
+def _solve_reml(model: _ThreeLevel, groups: Clusters, fixed: tuple, what: str, tied_note: str,
+                advice: str = "", stacklevel: int = 2) -> _Optimum:
+    """Maximise the REML likelihood of ``model`` and insist on convergence.
+
+    When every cluster holds one effect (and no component is fixed) the two variances are not
+    separately identified: their sum is estimated and split equally, with a warning that starts with
+    ``tied_note``.  A failed search raises :class:`ConvergenceError` naming ``what``.
+    """
+    tied = bool(np.all(groups.sizes == 1)) and fixed == (None, None)
+    if tied:
+        warnings.warn(
+            f"{tied_note}: sigma2_study and sigma2_within are not separately identified; their sum is "
+            "estimated (rma.uni REML tau^2) and split equally",
+            stacklevel=stacklevel + 1,
+        )
+    opt = _maximise_reml(model, tied, fixed)
+    if not opt.converged:
+        raise ConvergenceError(
+            f"{what} did not converge in {opt.iterations} iterations "
+            f"(last sigma2 = {opt.evaluation.theta.tolist()}){advice}"
+        )
+    return opt
+
+
 def three_level(yi, vi, cluster, X=None, test: str = "z", level: float = 0.95, sigma2=(None, None)) -> MultilevelFit:
     r"""Fit the three-level random-effects model by REML, as ``metafor::rma.mv``.
 
@@ -390,20 +414,12 @@ def three_level(yi, vi, cluster, X=None, test: str = "z", level: float = 0.95, s
     fixed = tuple(None if s is None or (isinstance(s, float) and np.isnan(s)) else float(s) for s in sigma2)
     if len(fixed) != 2 or any(f is not None and not (np.isfinite(f) and f >= 0) for f in fixed):
         raise ValueError(f"sigma2 must be a pair of None or values >= 0; got {sigma2!r}")
-    tied = bool(np.all(groups.sizes == 1)) and fixed == (None, None)
-    if tied:
-        warnings.warn(
-            "every cluster holds a single effect: sigma2_study and sigma2_within are not separately "
-            "identified; their sum is estimated (rma.uni REML tau^2) and split equally",
-            stacklevel=2,
-        )
-    opt = _maximise_reml(model, tied, fixed)
-    if not opt.converged:
-        raise ConvergenceError(
-            f"REML estimation of the three-level model did not converge in {opt.iterations} iterations "
-            f"(last sigma2 = {opt.evaluation.theta.tolist()}); check for extreme sampling variances or "
-            "clusters that a moderator separates perfectly"
-        )
+    opt = _solve_reml(
+        model, groups, fixed, what="REML estimation of the three-level model",
+        tied_note="every cluster holds a single effect",
+        advice="; check for extreme sampling variances or clusters that a moderator separates perfectly",
+        stacklevel=3,
+    )  # fmt: skip
     ev = opt.evaluation
     sigma2 = ev.theta.copy()
     beta, vb = ev.beta, ev.vb
