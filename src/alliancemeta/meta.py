@@ -573,18 +573,23 @@ def _note(fit: MetaFit, requested_test: str) -> str:
     return "; ".join(notes)
 
 
-def summary_row(fit: MetaFit, requested_test: str | None = None) -> dict:
+def _heterogeneity_ci(fit: MetaFit) -> HeterogeneityCI:
+    """Q-profile intervals, or NaN bounds where tau^2 is not estimated (FE) or not estimable (k = p)."""
+    if fit.method == "FE" or fit.k - fit.p < 1:
+        return HeterogeneityCI(fit.tau2, np.nan, np.nan, fit.I2, np.nan, np.nan, fit.H2, np.nan, np.nan)
+    return confint_tau2(fit)
+
+
+def summary_row(fit: MetaFit, requested_test: str | None = None, het: HeterogeneityCI | None = None) -> dict:
     """One row of ``random_effects.csv`` for an intercept-only fit (Fisher-z scale plus r).
 
     ``requested_test`` is the test named in the config; it labels the row even when the model had to
-    fall back (k = 1), and the trailing ``note`` says so.
+    fall back (k = 1), and the trailing ``note`` says so.  ``het`` passes heterogeneity intervals
+    already computed for the same data and estimator (they do not depend on the test).
     """
     requested_test = fit.test if requested_test is None else requested_test
     pred = fit.predict()
-    if fit.method == "FE" or fit.k - fit.p < 1:
-        het = HeterogeneityCI(fit.tau2, np.nan, np.nan, fit.I2, np.nan, np.nan, fit.H2, np.nan, np.nan)
-    else:
-        het = confint_tau2(fit)
+    het = _heterogeneity_ci(fit) if het is None else het
     return {
         "estimator": fit.method,
         "test": requested_test,
@@ -620,11 +625,17 @@ def random_effects_table(yi, vi, estimators=("REML",), tests=("knha",), level: f
     """Fit every (estimator, test) pair and return the SPEC §5 ``random_effects.csv`` table."""
     import pandas as pd
 
+    rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the k = 1 fallback is explained in the table's note column
-        rows = [
-            summary_row(random_effects(yi, vi, method=m, test=t, level=level), t) for m in estimators for t in tests
-        ]
+        for m in estimators:
+            # tau^2 and its Q-profile interval depend on the estimator, not on the test: compute them once
+            tau2 = het = None
+            for t in tests:
+                fit = random_effects(yi, vi, method=m, test=t, level=level, tau2=tau2)
+                tau2 = fit.tau2 if tau2 is None else tau2
+                het = _heterogeneity_ci(fit) if het is None else het
+                rows.append(summary_row(fit, t, het))
     return pd.DataFrame(rows, columns=[*RANDOM_EFFECTS_COLUMNS, "note"])
 
 

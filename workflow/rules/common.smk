@@ -92,10 +92,6 @@ def has_moderators(dataset):
     return bool(config["studies"][dataset]["moderators"])
 
 
-def has_year(dataset):
-    return "year" in STUDY_FRAMES[dataset]
-
-
 def has_site(dataset):
     """Two-stage pooling over sites needs a site column with at least two sites."""
     frame = SESSION_FRAMES[dataset]
