@@ -23,8 +23,8 @@ import warnings
 
 import numpy as np
 
-from alliancemeta.bayes.priors import MetaPriors
-from alliancemeta.bayes.quadrature import exact_posterior
+from alliancemeta.studies.bayes.priors import MetaPriors
+from alliancemeta.studies.bayes.quadrature import exact_posterior
 
 PRIORS = MetaPriors.from_config({})
 SEED = 20261121
@@ -51,9 +51,9 @@ def bench_quadrature(sizes=(300, 3_000), repeats=7) -> None:
 
 
 def bench_mcmc(k: int = 300, samplers=("nutpie", "pymc")) -> None:
-    from alliancemeta.bayes.models import build_meta_model
-    from alliancemeta.bayes.sampling import CompiledModel, SamplerSettings
-    from alliancemeta.bayes.summary import summarise
+    from alliancemeta.core.mcmc import CompiledModel, SamplerSettings
+    from alliancemeta.studies.bayes.models import build_meta_model
+    from alliancemeta.studies.bayes.summary import summarise
 
     yi, vi = simulate(k)
     exact = exact_posterior(yi, vi, PRIORS).summary().set_index("parameter")

@@ -1,7 +1,7 @@
 """Timing of leave-one-out + influence diagnostics (vectorised deletions) at k = 300, 1,000, 10,000.
 
 Run: ``.venv/bin/python benchmarks/bench_influence.py`` (``make bench``).  Prints one row per k and
-estimator: the vectorised :func:`alliancemeta.influence.deletion_fits` + ``leave1out`` +
+estimator: the vectorised :func:`alliancemeta.studies.influence.deletion_fits` + ``leave1out`` +
 ``influence`` (best of a few repeats), k refits from scratch with the engine where that is
 affordable (k <= 1,000), and, with ``ALLIANCEMETA_BENCH_R=1`` and ``Rscript`` on the path, metafor's
 ``leave1out(res)`` + ``influence(res)`` on the same data (k <= 1,000; metafor takes ~44 s at k = 300
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alliancemeta import influence as infl
-from alliancemeta.meta import random_effects
+from alliancemeta.studies import influence as infl
+from alliancemeta.studies.random_effects import random_effects
 
 SIZES = (300, 1_000, 10_000)
 METHODS = ("REML", "DL", "PM")

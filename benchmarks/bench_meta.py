@@ -19,7 +19,7 @@ import tracemalloc
 
 import numpy as np
 
-from alliancemeta.meta import confint_tau2, random_effects
+from alliancemeta.studies.random_effects import confint_tau2, random_effects
 
 SIZES = (300, 3_000, 30_000, 300_000, 1_000_000)
 R_MAX_K = 1_000

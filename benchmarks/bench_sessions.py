@@ -18,13 +18,13 @@ import subprocess
 import tempfile
 import time
 
-from alliancemeta.sessions_bayes import DEFAULT_SETTINGS, build_within_between_model, sample_model
-from alliancemeta.sessions_data import decompose_alliance
-from alliancemeta.sessions_descriptive import client_level_table, descriptives_table, ruptures_table
-from alliancemeta.sessions_models import fit_session_models
-from alliancemeta.sessions_sites import site_effects_table
-from alliancemeta.simulate_sessions import simulate_sessions
-from alliancemeta.tables import write_csv
+from alliancemeta.core.tables import write_csv
+from alliancemeta.sessions.bayes import DEFAULT_SETTINGS, build_within_between_model, sample_model
+from alliancemeta.sessions.data import decompose_alliance
+from alliancemeta.sessions.descriptives import client_level_table, descriptives_table, ruptures_table
+from alliancemeta.sessions.models import fit_session_models
+from alliancemeta.sessions.sites import site_effects_table
+from alliancemeta.sessions.synthetic import simulate_sessions
 
 SIZES = (100, 300, 1000, 3000)
 R_SCRIPT = """

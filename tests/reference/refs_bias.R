@@ -1,4 +1,4 @@
-# Reference values for publication bias and influence (alliancemeta.bias, alliancemeta.influence):
+# Reference values for publication bias and influence (alliancemeta.studies.bias, alliancemeta.studies.influence):
 #   regtest(model="rma", predictor="sei"), ranktest, trimfill (L0, R0), lm PET/PEESE,
 #   selmodel(type="stepfun", steps=0.025), fsn(type="Rosenthal"), influence, leave1out,
 #   cumul(order=year) and baujat, on

@@ -1,4 +1,4 @@
-# Reference values for the influence diagnostics of the three-level model (alliancemeta.influence_multilevel):
+# Reference values for the influence diagnostics of the three-level model (alliancemeta.studies.multilevel.influence):
 #   cooks.distance, dfbetas and rstudent of an rma.mv fit with random = ~ 1 | study/effect, deleting one
 #   study (cluster = study) or one effect size (no cluster), hatvalues, rstandard (with cluster = study), and
 #   the leave-one-study-out fits themselves (sigma2, coefficients, se, CI) from explicit rma.mv refits.

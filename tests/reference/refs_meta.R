@@ -1,4 +1,4 @@
-# Reference values for the rma.uni engine (alliancemeta.effects, alliancemeta.meta):
+# Reference values for the rma.uni engine (alliancemeta.core.effects, alliancemeta.studies.random_effects):
 #   escalc (ZCOR, COR, UCOR), rma.uni for every tau^2 estimator x test with predict() and confint(),
 #   meta-regression, subgroup analyses and edge cases (k = 2, identical yi, k = 1).
 # Sourced by make_refs.R after common.R; run from the repository root. Writes tests/reference/meta.json.

@@ -1,4 +1,4 @@
-# Reference values for the three-level engine (alliancemeta.multilevel):
+# Reference values for the three-level engine (alliancemeta.studies.multilevel):
 #   rma.mv(yi, vi, random = ~ 1 | study/effect) by REML with test "z" and "t", predict(), the
 #   multilevel I^2, robust(clubSandwich = TRUE) (CR2 + Satterthwaite, HTZ Wald test) with predict(),
 #   meta-regression with one moderator, a fit with sigma2_within at the boundary 0, and

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import as_array, assert_close, load_ref
 
-from alliancemeta import bias, influence
-from alliancemeta.meta import random_effects
+from alliancemeta.studies import bias, influence
+from alliancemeta.studies.random_effects import random_effects
 
 REF = load_ref("bias")["cases"]
 DATASETS: dict = REF["datasets"]

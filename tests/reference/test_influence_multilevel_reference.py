@@ -20,9 +20,9 @@ import pandas as pd
 import pytest
 from conftest import ATOL, ROOT, RTOL, as_array, assert_close, load_ref
 
-from alliancemeta.effects import escalc_cor
-from alliancemeta.influence_multilevel import multilevel_influence, multilevel_influence_at
-from alliancemeta.multilevel import reml_loglik, three_level
+from alliancemeta.core.effects import escalc_cor
+from alliancemeta.studies.multilevel import reml_loglik, three_level
+from alliancemeta.studies.multilevel.influence import multilevel_influence, multilevel_influence_at
 
 CASES: dict = load_ref("influence_multilevel")["cases"]
 

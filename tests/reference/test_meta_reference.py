@@ -4,7 +4,7 @@ tests/reference/refs_meta.R).
 
 Every case re-computes its inputs from the raw CSV named in the fixture with the package's own
 ``escalc_cor`` (so the whole path from r and n is checked), fits the model with
-``alliancemeta.meta`` and compares each quantity that metafor reports.
+``alliancemeta.studies.random_effects`` and compares each quantity that metafor reports.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from conftest import ATOL, ROOT, RTOL, as_array, assert_close, load_ref
 
-from alliancemeta.effects import escalc_cor, z_to_r
-from alliancemeta.meta import confint_tau2, random_effects
+from alliancemeta.core.effects import escalc_cor, z_to_r
+from alliancemeta.studies.random_effects import confint_tau2, random_effects
 
 CASES: dict = load_ref("meta")["cases"]
 

@@ -2,7 +2,7 @@
 made by tests/reference/refs_multilevel.R).
 
 Each case reads the CSV the R script fitted, rebuilds the design matrix from the recorded column
-names, fits the model with :mod:`alliancemeta.multilevel` and compares every quantity metafor
+names, fits the model with :mod:`alliancemeta.studies.multilevel` and compares every quantity metafor
 reports: the REML variance components, coefficients, tests, intervals, Q statistics, log-likelihood,
 the multilevel I^2 (computed in R from the dense P matrix), ``predict``, ``robust(clubSandwich=TRUE)``
 (CR2, Satterthwaite df, HTZ Wald test) with its ``predict``, and ``aggregate(struct="CS")``.
@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from conftest import ATOL, ROOT, RTOL, as_array, assert_close, load_ref
 
-from alliancemeta.effects import escalc_cor
-from alliancemeta.multilevel import aggregate_within_studies, robust_cr2, three_level
+from alliancemeta.core.effects import escalc_cor
+from alliancemeta.studies.multilevel import aggregate_within_studies, robust_cr2, three_level
 
 CASES: dict = load_ref("multilevel")["cases"]
 FIT_CASES = sorted(k for k in CASES if k.split("/")[0] in ("three_level", "metareg", "boundary"))

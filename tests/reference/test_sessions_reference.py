@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, assert_close, load_ref
 
-from alliancemeta.sessions_data import decompose_alliance, lag_frame, read_session_table
-from alliancemeta.sessions_models import fit_session_models
+from alliancemeta.sessions.data import decompose_alliance, lag_frame, read_session_table
+from alliancemeta.sessions.models import fit_session_models
 
 #: Both sides maximise the same REML criterion to near machine precision (statsmodels: BFGS to a
 #: gradient norm of 1e-9 after L-BFGS; lme4: BOBYQA with rhoend = 1e-12).  The criterion is flat

@@ -19,10 +19,7 @@ import pytest
 import xarray as xr
 from scipy import integrate, stats
 
-from alliancemeta.bayes.models import build_meta_model
-from alliancemeta.bayes.priors import MetaPriors
-from alliancemeta.bayes.quadrature import exact_posterior
-from alliancemeta.bayes.sampling import (
+from alliancemeta.core.mcmc import (
     CompiledModel,
     SamplerSettings,
     SamplingError,
@@ -31,7 +28,11 @@ from alliancemeta.bayes.sampling import (
     sample,
     sub_seed,
 )
-from alliancemeta.bayes.summary import (
+from alliancemeta.core.tables import write_csv
+from alliancemeta.studies.bayes.models import build_meta_model
+from alliancemeta.studies.bayes.priors import MetaPriors
+from alliancemeta.studies.bayes.quadrature import exact_posterior
+from alliancemeta.studies.bayes.summary import (
     SUMMARY_COLUMNS,
     compare_models,
     pointwise_log_likelihood,
@@ -39,7 +40,6 @@ from alliancemeta.bayes.summary import (
     with_log_likelihood,
     with_study_effects,
 )
-from alliancemeta.tables import write_csv
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIORS = MetaPriors.from_config({"prior_mu": {"dist": "normal", "mu": 0, "sigma": 1},

@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alliancemeta.bayes import pipeline
-from alliancemeta.bayes.pipeline import BAYES_COLUMNS, moderator_design, write_bayes
-from alliancemeta.bayes.sampling import ESS_BULK_MIN, R_HAT_MAX, SamplingError
-from alliancemeta.bayes.summary import COMPARISON_COLUMNS
+from alliancemeta.core.mcmc import ESS_BULK_MIN, R_HAT_MAX, SamplingError
+from alliancemeta.studies.bayes import pipeline
+from alliancemeta.studies.bayes.pipeline import BAYES_COLUMNS, moderator_design, write_bayes
+from alliancemeta.studies.bayes.summary import COMPARISON_COLUMNS
 
 BAYES = {
     "prior_mu": {"dist": "normal", "mu": 0, "sigma": 1},
@@ -71,7 +71,7 @@ def test_nothing_is_written_when_a_model_fails(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_write_bayes_end_to_end(tmp_path):
-    from alliancemeta.plots_bayes import write_posterior_figure
+    from alliancemeta.plots.bayes import write_posterior_figure
 
     frame = dataset()
     studies = tmp_path / "studies.csv"

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-from alliancemeta.bayes import quadrature as quad
-from alliancemeta.bayes.averaging import AVERAGING_COLUMNS, _Mixture, model_averaging, write_exact_tables
-from alliancemeta.bayes.priors import (
+from alliancemeta.studies.bayes import quadrature as quad
+from alliancemeta.studies.bayes.averaging import AVERAGING_COLUMNS, _Mixture, model_averaging, write_exact_tables
+from alliancemeta.studies.bayes.priors import (
     DEFAULT_SENSITIVITY_PRIORS,
     EARLIER_ALLIANCE_R,
     FLUCKIGER_2018,
@@ -31,7 +31,7 @@ from alliancemeta.bayes.priors import (
     normal_prior_from_pooled,
     parse_prior,
 )
-from alliancemeta.bayes.quadrature import exact_posterior, prior_sensitivity
+from alliancemeta.studies.bayes.quadrature import exact_posterior, prior_sensitivity
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from alliancemeta import bias
-from alliancemeta.effects import escalc_cor
-from alliancemeta.meta import random_effects
+from alliancemeta.core.effects import escalc_cor
+from alliancemeta.studies import bias
+from alliancemeta.studies.random_effects import random_effects
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -240,7 +240,7 @@ def test_table_rows_and_columns():
 def test_too_few_studies_give_nan_rows_and_a_logged_reason(caplog):
     with pytest.raises(ValueError, match="at least 3"):
         bias.regtest(random_effects([0.2, 0.3], [0.01, 0.02]))
-    with caplog.at_level(logging.WARNING, logger="alliancemeta.bias"):
+    with caplog.at_level(logging.WARNING, logger="alliancemeta.studies.bias"):
         t = bias.publication_bias_table([0.2, 0.3], [0.01, 0.02], "REML", "knha").set_index("method")
     assert t.loc[["egger", "rank", "selection_3psm", "pet", "peese"], "statistic"].isna().all()
     assert "egger not computed" in caplog.text and "at least 3" in caplog.text
@@ -262,13 +262,13 @@ def test_write_publication_bias(tmp_path):
 
 
 def _figure_paths(folder: Path):
-    from alliancemeta.plots_bias import FIGURES
+    from alliancemeta.plots.bias import FIGURES
 
     return {name: (folder / f"{name}.pdf", folder / f"{name}.png") for name in FIGURES}
 
 
 def test_bias_figures_are_written_and_reproducible(tmp_path):
-    from alliancemeta.plots_bias import write_bias_figures
+    from alliancemeta.plots.bias import write_bias_figures
 
     d = pd.read_csv(ROOT / "data/raw/molloy2014.csv")
     es = escalc_cor(d["r"], d["n"])
@@ -283,7 +283,7 @@ def test_bias_figures_are_written_and_reproducible(tmp_path):
 
 
 def test_bias_figures_for_two_effect_sizes_say_why(tmp_path):
-    from alliancemeta.plots_bias import write_bias_figures
+    from alliancemeta.plots.bias import write_bias_figures
 
     studies = tmp_path / "s.csv"
     pd.DataFrame({"study": ["a", "b"], "yi": [0.2, 0.4], "vi": [0.01, 0.02]}).to_csv(studies, index=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from alliancemeta.synthetic import simulate_studies
+from alliancemeta.studies.synthetic import simulate_studies
 
 RAW = Path(__file__).resolve().parents[2] / "data" / "raw"
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from alliancemeta import effects
+from alliancemeta.core import effects
 
 
 def test_zcor_matches_fisher_formula():

@@ -5,7 +5,7 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alliancemeta import io
+from alliancemeta.core import inputs as io
 
 HEADERS = ["study", "r", "n", "yi", "vi", "study_id", "year", "client", "session", "alliance", "outcome",
            "therapist", "rater", "stduy", ""]

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from alliancemeta import influence as infl
-from alliancemeta.effects import escalc_cor
-from alliancemeta.meta import ESTIMATORS, TAU2_THRESHOLD, random_effects
+from alliancemeta.core.effects import escalc_cor
+from alliancemeta.studies import influence as infl
+from alliancemeta.studies.random_effects import ESTIMATORS, TAU2_THRESHOLD, random_effects
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -255,7 +255,7 @@ def test_write_influence_with_two_effect_sizes_logs_and_writes_nan(tmp_path, cap
         studies, index=False
     )
     paths = [tmp_path / f"{n}.csv" for n in ("influence", "cumulative", "baujat")]
-    with caplog.at_level("WARNING", logger="alliancemeta.influence"):
+    with caplog.at_level("WARNING", logger="alliancemeta.studies.influence"):
         infl.write_influence(studies, *paths, method="REML", test="knha")
     assert "not computed" in caplog.text and "k > p + 1" in caplog.text
     table = pd.read_csv(paths[0])

@@ -13,16 +13,16 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from alliancemeta.influence_multilevel import (
+from alliancemeta.studies.multilevel import model as multilevel_model
+from alliancemeta.studies.multilevel import three_level
+from alliancemeta.studies.multilevel.influence import (
     INFLUENCE_MULTILEVEL_COLUMNS,
     influence_multilevel_table,
     multilevel_influence,
     multilevel_influence_at,
     write_influence_multilevel,
 )
-from alliancemeta.meta import ConvergenceError
-from alliancemeta.multilevel import model as multilevel_model
-from alliancemeta.multilevel import three_level
+from alliancemeta.studies.random_effects import ConvergenceError
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from alliancemeta import io
+from alliancemeta.core import inputs as io
 
 GOOD = "study,r,n,year\nA,0.3,50,2001\nB,0.1,80,2005\nC,-0.2,30,1999\n"
 

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from alliancemeta import meta
+from alliancemeta.studies import random_effects as meta
 
 RTOL = 1e-9  # identities below hold exactly up to floating-point round-off
 

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from scipy import linalg
 
-from alliancemeta.meta import random_effects
-from alliancemeta.multilevel import (
+from alliancemeta.studies.multilevel import (
     MULTILEVEL_COLUMNS,
     _ThreeLevel,
     aggregate_within_studies,
@@ -22,6 +21,7 @@ from alliancemeta.multilevel import (
     robust_cr2,
     three_level,
 )
+from alliancemeta.studies.random_effects import random_effects
 
 #: Dense and O(k) versions of the same formula differ only by round-off.
 TIGHT = 1e-10
@@ -239,7 +239,7 @@ def test_fixed_variance_components():
 
 
 def test_unconverged_fit_raises(monkeypatch):
-    import alliancemeta.multilevel.model as ml  # _maximise_reml reads MAX_ITER from its own module
+    import alliancemeta.studies.multilevel.model as ml  # _maximise_reml reads MAX_ITER from its own module
 
     yi, vi, cluster, X = simulate(n_clusters=20, seed=9, moderator=True)
     monkeypatch.setattr(ml, "MAX_ITER", 1)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alliancemeta.io import read_studies
-from alliancemeta.regression import ModeratorError, design_matrix, fit_moderators, moderator_tables, r_squared
+from alliancemeta.core.inputs import read_studies
+from alliancemeta.studies.regression import ModeratorError, design_matrix, fit_moderators, moderator_tables, r_squared
 
 ROOT = Path(__file__).resolve().parents[2]
 RTOL = 1e-6  # SPEC §6 agreement with metafor

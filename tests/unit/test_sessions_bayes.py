@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alliancemeta.plots_sessions import write_session_figures
-from alliancemeta.sessions import write_session_models
-from alliancemeta.sessions_bayes import DIAGNOSTIC_COLUMNS, ESS_MIN, RHAT_MAX, build_within_between_model
-from alliancemeta.sessions_data import decompose_alliance
-from alliancemeta.sessions_models import MIXED_MODEL_COLUMNS, TERMS, VARIANCE_COLUMNS
-from alliancemeta.simulate_sessions import simulate_sessions
-from alliancemeta.tables import write_csv
+from alliancemeta.core.tables import write_csv
+from alliancemeta.pipeline.sessions import write_session_models
+from alliancemeta.plots.sessions import write_session_figures
+from alliancemeta.sessions.bayes import DIAGNOSTIC_COLUMNS, ESS_MIN, RHAT_MAX, build_within_between_model
+from alliancemeta.sessions.data import decompose_alliance
+from alliancemeta.sessions.models import MIXED_MODEL_COLUMNS, TERMS, VARIANCE_COLUMNS
+from alliancemeta.sessions.synthetic import simulate_sessions
 
 #: With N(0, 1) priors on standardised coefficients and ~1000 sessions the likelihood dominates:
 #: the posterior mean sits within a small fraction of a standard error of the REML estimate

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from alliancemeta.sessions_data import read_session_table
-from alliancemeta.sessions_descriptive import (
+from alliancemeta.sessions.data import read_session_table
+from alliancemeta.sessions.descriptives import (
     CLIENT_LEVEL_COLUMNS,
     DESCRIPTIVE_COLUMNS,
     EARLY_SESSIONS,
@@ -25,7 +25,7 @@ from alliancemeta.sessions_descriptive import (
     fluctuation_sd,
     ruptures_table,
 )
-from alliancemeta.simulate_sessions import simulate_sessions
+from alliancemeta.sessions.synthetic import simulate_sessions
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "data" / "raw" / "alliance_sessions_synthetic.csv"

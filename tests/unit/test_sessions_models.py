@@ -10,17 +10,17 @@ import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 
-from alliancemeta import sessions_models
-from alliancemeta.meta import ConvergenceError
-from alliancemeta.sessions_data import aligned_outcome, decompose_alliance, lag_frame, read_session_table
-from alliancemeta.sessions_models import (
+from alliancemeta.sessions import models as sessions_models
+from alliancemeta.sessions.data import aligned_outcome, decompose_alliance, lag_frame, read_session_table
+from alliancemeta.sessions.models import (
     MIXED_MODEL_COLUMNS,
     fit_mixed_model,
     fit_session_models,
     mixed_models_table,
     variance_components_table,
 )
-from alliancemeta.simulate_sessions import simulate_sessions
+from alliancemeta.sessions.synthetic import simulate_sessions
+from alliancemeta.studies.random_effects import ConvergenceError
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "data" / "raw" / "alliance_sessions_synthetic.csv"

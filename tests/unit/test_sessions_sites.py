@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alliancemeta.meta import random_effects
-from alliancemeta.sessions import write_session_descriptives, write_site_effects
-from alliancemeta.sessions_data import decompose_alliance
-from alliancemeta.sessions_descriptive import CLIENT_LEVEL_COLUMNS, DESCRIPTIVE_COLUMNS, RUPTURE_COLUMNS
-from alliancemeta.sessions_sites import SITE_COLUMNS, site_effects_table
-from alliancemeta.simulate_sessions import simulate_sessions
-from alliancemeta.tables import write_csv
+from alliancemeta.core.tables import write_csv
+from alliancemeta.pipeline.sessions import write_session_descriptives, write_site_effects
+from alliancemeta.sessions.data import decompose_alliance
+from alliancemeta.sessions.descriptives import CLIENT_LEVEL_COLUMNS, DESCRIPTIVE_COLUMNS, RUPTURE_COLUMNS
+from alliancemeta.sessions.sites import SITE_COLUMNS, site_effects_table
+from alliancemeta.sessions.synthetic import simulate_sessions
+from alliancemeta.studies.random_effects import random_effects
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alliancemeta.simulate_sessions import (
+from alliancemeta.sessions.synthetic import (
     COLUMNS,
     OUTCOME_RANGE,
     SEED,
@@ -28,7 +28,7 @@ TRUTH = ROOT / "data" / "raw" / "alliance_sessions_synthetic.truth.json"
 def test_cli_regenerates_the_bundled_files_byte_for_byte(tmp_path):
     out = tmp_path / "alliance_sessions_synthetic.csv"
     subprocess.run(
-        [sys.executable, "-m", "alliancemeta.simulate_sessions", "--seed", str(SEED), "--out", str(out)],
+        [sys.executable, "-m", "alliancemeta.sessions.synthetic", "--seed", str(SEED), "--out", str(out)],
         check=True, capture_output=True, cwd=ROOT,
     )  # fmt: skip
     assert out.read_bytes() == BUNDLED.read_bytes()

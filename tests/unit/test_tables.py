@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from alliancemeta.tables import atomic_path, write_csv
+from alliancemeta.core.tables import atomic_path, write_csv
 
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from alliancemeta.io import InputError, read_sessions, read_studies
+from alliancemeta.core.inputs import InputError, read_sessions, read_studies
 
 
 def _stop(message):

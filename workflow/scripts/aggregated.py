@@ -2,6 +2,6 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from alliancemeta.multilevel import write_aggregated_random_effects
+from alliancemeta.studies.multilevel import write_aggregated_random_effects
 
 write_aggregated_random_effects(snakemake.input.studies, snakemake.output.table, **snakemake.params.settings)

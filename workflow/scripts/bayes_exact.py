@@ -2,7 +2,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from alliancemeta.bayes.averaging import write_exact_tables
+from alliancemeta.studies.bayes.averaging import write_exact_tables
 
 write_exact_tables(
     snakemake.input.studies,

@@ -2,7 +2,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from alliancemeta.plots_bayes import write_posterior_figure
+from alliancemeta.plots.bayes import write_posterior_figure
 
 write_posterior_figure(
     snakemake.input.studies,

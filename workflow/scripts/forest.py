@@ -2,7 +2,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from alliancemeta.plots import write_forest
+from alliancemeta.plots.forest import write_forest
 
 write_forest(
     snakemake.input.studies,

@@ -4,7 +4,7 @@ import sys
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-from alliancemeta.influence_multilevel import write_influence_multilevel
+from alliancemeta.studies.multilevel.influence import write_influence_multilevel
 
 out = snakemake.output
 write_influence_multilevel(

@@ -2,7 +2,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from alliancemeta.regression import write_moderators
+from alliancemeta.studies.regression import write_moderators
 
 write_moderators(
     snakemake.input.studies,

@@ -2,7 +2,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from alliancemeta.sessions import write_session_descriptives
+from alliancemeta.pipeline.sessions import write_session_descriptives
 
 write_session_descriptives(
     snakemake.input.sessions,

@@ -2,7 +2,7 @@ import sys
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
-from alliancemeta.plots_sessions import write_session_figures
+from alliancemeta.plots.sessions import write_session_figures
 
 out = snakemake.output
 write_session_figures(

@@ -1,0 +1,110 @@
+"""SPEC §5 ``publication_bias.csv``: every method of the package in one table, and its pipeline writer."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from alliancemeta.core.tables import write_csv
+from alliancemeta.studies.bias.failsafe import fsn_rosenthal
+from alliancemeta.studies.bias.rank import ranktest
+from alliancemeta.studies.bias.regression_tests import peese, pet, pet_peese, regtest
+from alliancemeta.studies.bias.selection import selmodel_stepfun
+from alliancemeta.studies.bias.trim_and_fill import trimfill
+from alliancemeta.studies.random_effects import ConvergenceError, MetaFit, random_effects
+
+# the package's logger: rule log lines read "alliancemeta.studies.bias", whichever module logs
+log = logging.getLogger(__package__)
+
+PUBLICATION_BIAS_COLUMNS = ("method", "statistic", "pval", "estimate", "ci_lb", "ci_ub", "k0")
+METHODS = (
+    "egger", "rank", "trimfill", "pet", "peese", "selection_3psm", "failsafe_rosenthal",  # SPEC §5
+    "trimfill_r0", "pet_peese",  # extras
+)  # fmt: skip
+
+
+def _row(method, statistic=np.nan, pval=np.nan, estimate=np.nan, ci_lb=np.nan, ci_ub=np.nan, k0=np.nan):
+    return {
+        "method": method,
+        "statistic": statistic,
+        "pval": pval,
+        "estimate": estimate,
+        "ci_lb": ci_lb,
+        "ci_ub": ci_ub,
+        "k0": k0,
+    }
+
+
+def _method_row(method: str, fit: MetaFit) -> dict:
+    if method == "egger":
+        r = regtest(fit)
+        return _row(method, r.stat, r.pval, r.est, r.ci_lb, r.ci_ub)
+    if method == "rank":
+        r = ranktest(fit.yi, fit.vi)
+        return _row(method, r.tau, r.pval)
+    if method in ("trimfill", "trimfill_r0"):
+        r = trimfill(fit, "L0" if method == "trimfill" else "R0")
+        return _row(method, r.stat, r.pval, r.estimate, r.ci_lb, r.ci_ub, float(r.k0))
+    if method in ("pet", "peese"):
+        r = (pet if method == "pet" else peese)(fit.yi, fit.vi, fit.level)
+        return _row(method, r.tval, r.pval, r.intercept, r.ci_lb, r.ci_ub)
+    if method == "pet_peese":
+        pp = pet_peese(fit.yi, fit.vi, direction=np.sign(fit.estimate) or 1.0, level=fit.level)
+        r = pp.estimate
+        log.info("PET-PEESE: PET one-sided p = %.4g, reporting %s", pp.pet_one_sided_p, pp.chosen.upper())
+        return _row(method, r.tval, r.pval, r.intercept, r.ci_lb, r.ci_ub)
+    if method == "selection_3psm":
+        r = selmodel_stepfun(fit, steps=(0.025,))
+        return _row(method, r.LRT, r.LRT_pval, r.beta, r.ci_lb, r.ci_ub)
+    if method == "failsafe_rosenthal":
+        r = fsn_rosenthal(fit.yi, fit.vi)
+        return _row(method, r.fsnum, r.pval)
+    raise ValueError(f"unknown publication-bias method {method!r}")
+
+
+def publication_bias_table(yi, vi, method: str = "REML", test: str = "knha", level: float = 0.95) -> pd.DataFrame:
+    """SPEC §5 ``publication_bias.csv``: one row per method of :data:`METHODS`, in that order.
+
+    The headline model ``random_effects(yi, vi, method, test, level)`` feeds Egger's test,
+    trim and fill and the selection model; PET and PEESE are WLS with weights 1/vi.  Columns:
+
+    ========================  ==========================  ==============================  =====
+    method                    statistic, pval             estimate, ci_lb, ci_ub          k0
+    ========================  ==========================  ==============================  =====
+    ``egger``                 z or t of the sei slope     limit estimate (intercept)      NaN
+    ``rank``                  Kendall's tau, its p        NaN (no estimate)               NaN
+    ``trimfill``              z or t of the filled model  filled estimate (L0)            k0
+    ``pet``, ``peese``        t of the intercept          intercept (effect at SE = 0)    NaN
+    ``selection_3psm``        LRT of delta = 1            adjusted estimate (z-based CI)  NaN
+    ``failsafe_rosenthal``    fail-safe N, Stouffer's p   NaN (no estimate)               NaN
+    ``trimfill_r0``           as trimfill, R0 estimator   filled estimate (R0)            k0
+    ``pet_peese``             t of the chosen intercept   PEESE or PET (see pet_peese)    NaN
+    ========================  ==========================  ==============================  =====
+
+    NaN appears only where the quantity does not exist for the method, or when a method cannot
+    be computed for these data (too few effect sizes, an empty p-value interval, no convergence):
+    then its function raises, the reason is logged as a warning (the rule's log file), and the
+    row is written with NaN so that the table keeps its shape.  Estimates are on the Fisher-z
+    scale of the input.
+    """
+    fit = random_effects(yi, vi, method=method, test=test, level=level)
+    rows = []
+    for name in METHODS:
+        try:
+            rows.append(_method_row(name, fit))
+        except (ValueError, ConvergenceError, np.linalg.LinAlgError) as err:
+            log.warning("publication bias: %s not computed (NaN row written): %s", name, err)
+            rows.append(_row(name))
+    return pd.DataFrame(rows, columns=list(PUBLICATION_BIAS_COLUMNS))
+
+
+def write_publication_bias(studies, table, method: str = "REML", test: str = "knha", level: float = 0.95) -> None:
+    """Read a processed study table (``study, yi, vi``), write ``publication_bias.csv`` atomically."""
+    frame = pd.read_csv(studies)
+    missing = [c for c in ("yi", "vi") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{studies}: processed study table lacks column(s) {', '.join(missing)}")
+    out = publication_bias_table(frame["yi"].to_numpy(float), frame["vi"].to_numpy(float), method, test, level)
+    write_csv(out, table, PUBLICATION_BIAS_COLUMNS)
