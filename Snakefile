@@ -15,10 +15,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/meta.smk"
 include: "workflow/rules/bias.smk"
-include: "workflow/rules/bias_multilevel.smk"
+include: "workflow/rules/influence.smk"
 include: "workflow/rules/bayes.smk"
 include: "workflow/rules/sessions.smk"
-include: "workflow/rules/figures.smk"
 include: "workflow/rules/report.smk"
 
 

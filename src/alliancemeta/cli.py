@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from alliancemeta.core.inputs import InputError, read_sessions, read_studies, read_table
+from alliancemeta.core.errors import InputError
+from alliancemeta.core.inputs import read_sessions, read_studies, read_table
 
 
 def _validate(args: argparse.Namespace) -> int:

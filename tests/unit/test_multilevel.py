@@ -13,7 +13,7 @@ from scipy import linalg
 
 from alliancemeta.studies.multilevel import (
     MULTILEVEL_COLUMNS,
-    _ThreeLevel,
+    ThreeLevelREML,
     aggregate_within_studies,
     group_clusters,
     multilevel_table,
@@ -123,7 +123,7 @@ def dense_satterthwaite(c, G_list, H):
 @pytest.mark.parametrize("sigma2", [(0.02, 0.01), (0.0, 0.03), (0.05, 0.0), (0.0, 0.0), (1.3, 0.4)])
 def test_likelihood_and_derivatives_match_dense(moderator, sigma2):
     yi, vi, cluster, X = simulate(moderator=moderator)
-    model = _ThreeLevel(yi, vi, np.ones((yi.size, 1)) if X is None else X, group_clusters(cluster))
+    model = ThreeLevelREML(yi, vi, np.ones((yi.size, 1)) if X is None else X, group_clusters(cluster))
     ev = model.evaluate(np.array(sigma2), derivatives=True)
     ll, beta, vb, grad, fisher, observed = dense_reml(yi, vi, cluster, X, np.array(sigma2))
     np.testing.assert_allclose(ev.loglik, ll, rtol=TIGHT)
@@ -138,7 +138,7 @@ def test_likelihood_and_derivatives_match_dense(moderator, sigma2):
 def test_gradient_is_the_derivative_of_the_likelihood():
     yi, vi, cluster, X = simulate(moderator=True, seed=4)
     theta = np.array([0.03, 0.02])
-    ev = _ThreeLevel(yi, vi, X, group_clusters(cluster)).evaluate(theta, derivatives=True)
+    ev = ThreeLevelREML(yi, vi, X, group_clusters(cluster)).evaluate(theta, derivatives=True)
     h = 1e-6
     for r in range(2):
         e = np.zeros(2)

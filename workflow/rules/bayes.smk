@@ -1,8 +1,8 @@
-# Bayesian meta-analysis of each study-level dataset: the exact posterior by quadrature over tau
-# (prior sensitivity, model averaging), MCMC with nutpie for the random-effects, meta-regression and three-level
-# models, and the posterior figure.  The sampling rule passes the config seed and the dataset name;
-# the package derives the dataset's seed as seed_for(f"bayes/{dataset}") does,
-# (seed + crc32("bayes/<dataset>")) mod 2**32, and from it one seed per model.
+# Stage bayes: Bayesian meta-analysis of each study-level dataset: the exact posterior by quadrature
+# over tau (prior sensitivity, model averaging), MCMC with nutpie for the random-effects,
+# meta-regression and three-level models, and the posterior figure.  The sampling rule passes the
+# config seed; the package derives the dataset's seed as derive_seed(seed, "bayes/<dataset>") and
+# from it one seed per model.
 
 
 rule bayes_exact:
@@ -28,7 +28,8 @@ rule bayes_exact:
     conda:
         "../envs/alliancemeta.yaml"
     params:
-        bayes=bayes_config(),
+        bayes=SETTINGS.bayes,
+        about=about_study,
     script:
         "../scripts/bayes_exact.py"
 
@@ -63,10 +64,10 @@ rule bayes:
         "../envs/alliancemeta.yaml"
     threads: 2
     params:
-        bayes=bayes_config(),
-        seed=config["seed"],
-        moderators=study_moderators,
-        dataset="{dataset}",
+        bayes=SETTINGS.bayes,
+        seed=SETTINGS.seed,
+        study=study,
+        about=about_study,
     script:
         "../scripts/bayes.py"
 
@@ -89,16 +90,8 @@ rule bayes_posterior_figure:
     conda:
         "../envs/alliancemeta.yaml"
     params:
-        bayes=bayes_config(),
-        dataset="{dataset}",
+        bayes=SETTINGS.bayes,
+        study=study,
+        about=about_study,
     script:
         "../scripts/bayes_posterior_figure.py"
-
-
-register_study_output("tables/bayes.csv")
-register_study_output("tables/model_comparison.csv")
-register_study_output("tables/prior_sensitivity.csv")
-register_study_output("tables/bayes_model_averaging.csv")
-register_study_output("posterior.nc")
-register_study_output("figures/posterior.pdf")
-register_study_output("figures/posterior.png")

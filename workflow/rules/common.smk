@@ -1,11 +1,15 @@
 # Shared helpers and parse-time validation: a bad config or input stops the run here, before any job.
+import re
 import sys
-import zlib
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from alliancemeta.core.inputs import InputError, read_sessions, read_studies
+from alliancemeta.core.errors import ConfigError, InputError
+from alliancemeta.core.inputs import read_sessions, read_studies
+from alliancemeta.core.settings import Settings, validate_config
+
+SCHEMA = Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 
 
 def _stop(message):
@@ -14,49 +18,33 @@ def _stop(message):
     sys.exit(1)
 
 
-def _check_config():
-    """Schema errors as one line naming the key, before snakemake's validate fills in defaults."""
-    import jsonschema
-    import yaml
-
-    schema_path = Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
-    schema = yaml.safe_load(schema_path.read_text())
-    errors = sorted(
-        jsonschema.Draft202012Validator(schema).iter_errors(config),
-        key=lambda e: [str(p) for p in e.path],
-    )
-    if errors:
-        err = errors[0]
-        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        _stop(f"config {key}: {err.message}")
-
-
-_check_config()
+# One line naming the key for a schema error, then Snakemake's own validation, which fills in the
+# defaults; every default is written once, in the schema.
+try:
+    validate_config(config, SCHEMA)
+except ConfigError as err:
+    _stop(str(err))
 validate(config, "../schemas/config.schema.yaml")
-
-STUDY_DATASETS = list(config["studies"])
-SESSION_DATASETS = list(config["sessions"])
+SETTINGS = Settings.from_config(config)
+STUDY_DATASETS = list(SETTINGS.studies)
+SESSION_DATASETS = list(SETTINGS.sessions)
 
 
 wildcard_constraints:
-    dataset="[a-z0-9_]+",
+    dataset="|".join([*STUDY_DATASETS, *SESSION_DATASETS]) or "(?!)",
 
 
-def _check_path(kind, name, entry):
-    path = Path(entry["path"])
-    if not path.is_file():
-        _stop(
-            f"config {kind}.{name}.path: {entry['path']} does not exist; expected a CSV file"
-        )
-    return path
+def _check_path(kind, name, path):
+    if not Path(path).is_file():
+        _stop(f"config {kind}.{name}.path: {path} does not exist; expected a CSV file")
 
 
 def _validated_studies():
     frames = {}
-    for name, entry in config["studies"].items():
-        path = _check_path("studies", name, entry)
+    for name, entry in SETTINGS.studies.items():
+        _check_path("studies", name, entry.path)
         try:
-            frames[name] = read_studies(path, entry["moderators"])
+            frames[name] = read_studies(entry.path, entry.moderators)
         except InputError as err:
             _stop(str(err))
         validate(frames[name], "../schemas/studies.schema.yaml")
@@ -65,10 +53,10 @@ def _validated_studies():
 
 def _validated_sessions():
     frames = {}
-    for name, entry in config["sessions"].items():
-        path = _check_path("sessions", name, entry)
+    for name, entry in SETTINGS.sessions.items():
+        _check_path("sessions", name, entry.path)
         try:
-            frames[name] = read_sessions(path, entry["groups"]).frame
+            frames[name] = read_sessions(entry.path, entry.groups).frame
         except InputError as err:
             _stop(str(err))
         validate(frames[name], "../schemas/sessions.schema.yaml")
@@ -79,7 +67,7 @@ STUDY_FRAMES = _validated_studies()
 SESSION_FRAMES = _validated_sessions()
 
 
-# --- dataset properties -------------------------------------------------------------------------
+# --- dataset properties: which optional outputs a dataset gets ----------------------------------
 
 
 def has_study_id(dataset):
@@ -89,7 +77,7 @@ def has_study_id(dataset):
 
 
 def has_moderators(dataset):
-    return bool(config["studies"][dataset]["moderators"])
+    return bool(SETTINGS.studies[dataset].moderators)
 
 
 def has_site(dataset):
@@ -98,105 +86,95 @@ def has_site(dataset):
     return "site" in frame and frame["site"].nunique() >= 2
 
 
-def headline_method():
-    return config["meta"]["estimators"][0]
-
-
-def headline_test():
-    return config["meta"]["tests"][0]
-
-
-def bayes_config():
-    return config["bayes"]
-
-
-def seed_for(key):
-    """Integer seed for one random step: the config seed combined with a stable key (never hash())."""
-    return (config["seed"] + zlib.crc32(key.encode())) % 2**32
-
-
-# --- paths --------------------------------------------------------------------------------------
+# --- parameters: the frozen settings of each stage ----------------------------------------------
 
 
 def raw_studies(wildcards):
-    return config["studies"][wildcards.dataset]["path"]
+    return SETTINGS.studies[wildcards.dataset].path
 
 
 def raw_sessions(wildcards):
-    return config["sessions"][wildcards.dataset]["path"]
+    return SETTINGS.sessions[wildcards.dataset].path
 
 
-def study_moderators(wildcards):
-    return config["studies"][wildcards.dataset]["moderators"]
+def study(wildcards):
+    """The settings of one study-level dataset (path, moderators, name and SYNTHETIC flag)."""
+    return SETTINGS.studies[wildcards.dataset]
 
 
-def session_groups(wildcards):
-    return config["sessions"][wildcards.dataset]["groups"]
+def session(wildcards):
+    """The settings of one session-level dataset (with its sampler and interval level)."""
+    return SETTINGS.sessions[wildcards.dataset]
 
 
-def outcome_lower_is_better(wildcards):
-    return config["sessions"][wildcards.dataset]["outcome_lower_is_better"]
-
-
-def meta_params(wildcards):
+def about_study(wildcards):
+    """What a study-level caption says: data (SYNTHETIC marked), headline model and interval level."""
+    meta = SETTINGS.meta
     return {
-        "estimators": config["meta"]["estimators"],
-        "tests": config["meta"]["tests"],
-        "level": config["meta"]["level"],
+        "data": SETTINGS.studies[wildcards.dataset].dataset.label,
+        "synthetic": SETTINGS.studies[wildcards.dataset].dataset.synthetic,
+        "estimator": meta.method,
+        "test": meta.test,
+        "estimators": ", ".join(meta.estimators),
+        "tests": ", ".join(meta.tests),
+        "level": f"{100 * meta.level:g}%",
     }
 
 
-def moderator_params(wildcards):
+def about_session(wildcards):
+    """What a session-level caption says: data (SYNTHETIC marked) and interval level."""
+    entry = SETTINGS.sessions[wildcards.dataset]
     return {
-        "moderators": config["studies"][wildcards.dataset]["moderators"],
-        "method": headline_method(),
-        "tests": config["meta"]["tests"],
-        "level": config["meta"]["level"],
+        "data": entry.dataset.label,
+        "synthetic": entry.dataset.synthetic,
+        "level": f"{100 * entry.level:g}%",
+        "estimator": SETTINGS.meta.method,
+        "test": SETTINGS.meta.test,
     }
-
-
-def aggregate_params(wildcards):
-    return {**meta_params(wildcards), "rho": config["meta"]["aggregate_rho"]}
-
-
-def sessions_seed(wildcards):
-    return seed_for(f"sessions/{wildcards.dataset}")
-
-
-def sessions_bayes_settings(wildcards):
-    return config["sessions_bayes"]
 
 
 def all_inputs():
     """Every raw input file named in the config (for provenance)."""
-    entries = [*config["studies"].values(), *config["sessions"].values()]
-    return sorted({entry["path"] for entry in entries})
+    paths = [e.path for e in SETTINGS.studies.values()] + [
+        e.path for e in SETTINGS.sessions.values()
+    ]
+    return sorted(set(paths))
 
 
-# --- targets ------------------------------------------------------------------------------------
+# --- targets: every output path is written once, in its rule ------------------------------------
 
-STUDY_OUTPUTS = []
-SESSION_OUTPUTS = []
-
-
-def register_study_output(template, when=None):
-    """Add results/studies/<dataset>/<template> to `rule all` (for datasets where `when` holds)."""
-    STUDY_OUTPUTS.append((template, when))
+ONLY_WHEN = {}
 
 
-def register_session_output(template, when=None):
-    """Add results/sessions/<dataset>/<template> to `rule all` (for datasets where `when` holds)."""
-    SESSION_OUTPUTS.append((template, when))
+def only_when(rule_name, predicate):
+    """Build the outputs of ``rule_name`` only for the datasets where ``predicate(dataset)`` holds."""
+    ONLY_WHEN[rule_name] = predicate
 
 
 def all_targets():
-    targets = ["results/provenance.json"]
-    for kind, names, outputs in (
-        ("studies", STUDY_DATASETS, STUDY_OUTPUTS),
-        ("sessions", SESSION_DATASETS, SESSION_OUTPUTS),
-    ):
-        for name in names:
-            for template, when in outputs:
-                if when is None or when(name):
-                    targets.append(str(Path("results", kind, name, template)))
-    return targets
+    """The outputs of every rule that writes to results/, expanded over the datasets they apply to."""
+    targets = []
+    for step in workflow.rules:
+        if step.name == "all":
+            continue
+        for output in map(str, step.output):
+            template = re.sub(
+                r"\{(\w+),[^}]*\}", r"{\1}", output
+            )  # drop wildcard constraints
+            if not template.startswith("results/"):
+                continue
+            if "{dataset}" not in template:
+                targets.append(template)
+                continue
+            names = (
+                STUDY_DATASETS
+                if template.startswith("results/studies/")
+                else SESSION_DATASETS
+            )
+            predicate = ONLY_WHEN.get(step.name)
+            targets += [
+                template.format(dataset=n)
+                for n in names
+                if predicate is None or predicate(n)
+            ]
+    return sorted(set(targets))

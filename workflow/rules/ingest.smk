@@ -1,4 +1,4 @@
-# Ingest: validated inputs with Fisher-z effect sizes, written to data/processed/.
+# Stage ingest: validated inputs with Fisher-z effect sizes, written to data/processed/.
 
 
 rule ingest_studies:
@@ -11,7 +11,7 @@ rule ingest_studies:
     conda:
         "../envs/alliancemeta.yaml"
     params:
-        moderators=study_moderators,
+        study=study,
     script:
         "../scripts/ingest_studies.py"
 
@@ -26,6 +26,6 @@ rule ingest_sessions:
     conda:
         "../envs/alliancemeta.yaml"
     params:
-        groups=session_groups,
+        session=session,
     script:
         "../scripts/ingest_sessions.py"

@@ -1,77 +1,139 @@
-# Frequentist meta-analysis: random-effects models for every configured estimator and test.
+# Stage meta: pooled effects for every configured estimator and test, moderators, the three-level
+# model and the aggregate-then-pool alternative when effects are nested in studies, and the forest plot.
 
 
 rule random_effects:
     input:
         studies="data/processed/studies/{dataset}.csv",
     output:
-        table="results/studies/{dataset}/tables/random_effects.csv",
+        table=report(
+            "results/studies/{dataset}/tables/random_effects.csv",
+            caption="../report/random_effects.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "random-effects models"},
+        ),
     log:
         "logs/meta/random_effects_{dataset}.log",
     conda:
         "../envs/alliancemeta.yaml"
     params:
-        settings=meta_params,
+        meta=SETTINGS.meta,
+        about=about_study,
     script:
         "../scripts/random_effects.py"
-
-
-register_study_output("tables/random_effects.csv")
 
 
 rule moderators:
     input:
         studies="data/processed/studies/{dataset}.csv",
     output:
-        coefficients="results/studies/{dataset}/tables/moderators.csv",
-        tests="results/studies/{dataset}/tables/moderator_tests.csv",
-        subgroups="results/studies/{dataset}/tables/subgroups.csv",
+        coefficients=report(
+            "results/studies/{dataset}/tables/moderators.csv",
+            caption="../report/moderators.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "meta-regression coefficients"},
+        ),
+        tests=report(
+            "results/studies/{dataset}/tables/moderator_tests.csv",
+            caption="../report/moderator_tests.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "moderator tests"},
+        ),
+        subgroups=report(
+            "results/studies/{dataset}/tables/subgroups.csv",
+            caption="../report/subgroups.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "subgroup analyses"},
+        ),
     log:
         "logs/meta/moderators_{dataset}.log",
     conda:
         "../envs/alliancemeta.yaml"
     params:
-        settings=moderator_params,
+        study=study,
+        meta=SETTINGS.meta,
+        about=about_study,
     script:
         "../scripts/moderators.py"
 
 
-register_study_output("tables/moderators.csv", when=has_moderators)
-register_study_output("tables/moderator_tests.csv", when=has_moderators)
-register_study_output("tables/subgroups.csv", when=has_moderators)
+only_when("moderators", has_moderators)
 
 
 rule multilevel:
     input:
         studies="data/processed/studies/{dataset}.csv",
     output:
-        table="results/studies/{dataset}/tables/multilevel.csv",
+        table=report(
+            "results/studies/{dataset}/tables/multilevel.csv",
+            caption="../report/multilevel.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "three-level model"},
+        ),
     log:
         "logs/meta/multilevel_{dataset}.log",
     conda:
         "../envs/alliancemeta.yaml"
     params:
-        level=config["meta"]["level"],
+        meta=SETTINGS.meta,
+        about=about_study,
     script:
         "../scripts/multilevel.py"
 
 
-register_study_output("tables/multilevel.csv", when=has_study_id)
+only_when("multilevel", has_study_id)
 
 
 rule aggregated:
     input:
         studies="data/processed/studies/{dataset}.csv",
     output:
-        table="results/studies/{dataset}/tables/random_effects_aggregated.csv",
+        table=report(
+            "results/studies/{dataset}/tables/random_effects_aggregated.csv",
+            caption="../report/aggregated.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "aggregated within studies"},
+        ),
     log:
         "logs/meta/aggregated_{dataset}.log",
     conda:
         "../envs/alliancemeta.yaml"
     params:
-        settings=aggregate_params,
+        meta=SETTINGS.meta,
+        about=about_study,
     script:
         "../scripts/aggregated.py"
 
 
-register_study_output("tables/random_effects_aggregated.csv", when=has_study_id)
+only_when("aggregated", has_study_id)
+
+
+rule forest:
+    input:
+        studies="data/processed/studies/{dataset}.csv",
+        random_effects="results/studies/{dataset}/tables/random_effects.csv",
+    output:
+        pdf="results/studies/{dataset}/figures/forest.pdf",
+        png=report(
+            "results/studies/{dataset}/figures/forest.png",
+            caption="../report/forest.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "forest plot"},
+        ),
+    log:
+        "logs/meta/forest_{dataset}.log",
+    conda:
+        "../envs/alliancemeta.yaml"
+    params:
+        study=study,
+        meta=SETTINGS.meta,
+        about=about_study,
+    script:
+        "../scripts/forest.py"

@@ -1,4 +1,5 @@
-# Provenance of a run: package versions, config, seed and SHA-256 of every input.
+# Stage report: the provenance record of the run (package versions, the complete config and seed,
+# SHA-256 of every input).
 
 
 rule provenance:
@@ -11,6 +12,6 @@ rule provenance:
     conda:
         "../envs/alliancemeta.yaml"
     params:
-        config=config,
+        config=SETTINGS.config,
     script:
         "../scripts/provenance.py"

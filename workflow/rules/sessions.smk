@@ -1,7 +1,7 @@
-# Session-level analyses of each session dataset: REML mixed models (within/between/therapist,
-# lagged) with a Bayesian within/between model, descriptives, rupture-repair episodes, early
-# alliance vs outcome change, two-stage pooling over sites, and the session figures.
-# Coefficients follow SPEC §4: positive = a stronger alliance goes with a better outcome.
+# Stage sessions: session-level analyses of each session dataset: REML mixed models
+# (within/between/therapist, lagged) with a Bayesian within/between model, descriptives,
+# rupture-repair episodes, early alliance vs outcome change, two-stage pooling over sites, and the
+# session figures.  Coefficients follow SPEC §4: positive = a stronger alliance goes with a better outcome.
 
 
 rule sessions_models:
@@ -22,7 +22,13 @@ rule sessions_models:
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "table": "variance components"},
         ),
-        diagnostics="results/sessions/{dataset}/tables/bayes_diagnostics.csv",
+        diagnostics=report(
+            "results/sessions/{dataset}/tables/bayes_diagnostics.csv",
+            caption="../report/sessions_bayes_diagnostics.rst",
+            category="Session level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "sampler diagnostics"},
+        ),
         posterior="results/sessions/{dataset}/posterior.nc",
     log:
         "logs/sessions/models_{dataset}.log",
@@ -32,10 +38,9 @@ rule sessions_models:
         "../envs/alliancemeta.yaml"
     threads: 2
     params:
-        outcome_lower_is_better=outcome_lower_is_better,
-        seed=sessions_seed,
-        level=config["meta"]["level"],
-        sampler=sessions_bayes_settings,
+        session=session,
+        seed=SETTINGS.seed,
+        about=about_session,
     script:
         "../scripts/sessions_models.py"
 
@@ -73,9 +78,8 @@ rule sessions_descriptives:
     conda:
         "../envs/alliancemeta.yaml"
     params:
-        outcome_lower_is_better=outcome_lower_is_better,
-        groups=session_groups,
-        level=config["meta"]["level"],
+        session=session,
+        about=about_session,
     script:
         "../scripts/sessions_descriptives.py"
 
@@ -96,12 +100,14 @@ rule sessions_site_effects:
     conda:
         "../envs/alliancemeta.yaml"
     params:
-        outcome_lower_is_better=outcome_lower_is_better,
-        method=headline_method(),
-        test=headline_test(),
-        level=config["meta"]["level"],
+        session=session,
+        meta=SETTINGS.meta,
+        about=about_session,
     script:
         "../scripts/sessions_site_effects.py"
+
+
+only_when("sessions_site_effects", has_site)
 
 
 rule sessions_figures:
@@ -139,23 +145,7 @@ rule sessions_figures:
     conda:
         "../envs/alliancemeta.yaml"
     params:
-        outcome_lower_is_better=outcome_lower_is_better,
-        dataset="{dataset}",
+        session=session,
+        about=about_session,
     script:
         "../scripts/sessions_figures.py"
-
-
-for _table in (
-    "mixed_models",
-    "variance_components",
-    "bayes_diagnostics",
-    "descriptives",
-    "ruptures",
-    "client_level",
-):
-    register_session_output(f"tables/{_table}.csv")
-register_session_output("tables/site_effects.csv", when=has_site)
-register_session_output("posterior.nc")
-for _figure in ("trajectories", "coefficients", "posterior"):
-    register_session_output(f"figures/{_figure}.pdf")
-    register_session_output(f"figures/{_figure}.png")

@@ -1,15 +1,16 @@
-import logging
-import sys
+from alliancemeta.pipeline.bayes import write_bayes
+from alliancemeta.pipeline.common import run_stage
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
-
-from alliancemeta.studies.bayes.pipeline import write_bayes
-
-write_bayes(
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_bayes,
     snakemake.input.studies,
     snakemake.output.table,
     snakemake.output.comparison,
     snakemake.output.posterior,
-    **snakemake.params,
+    bayes=snakemake.params.bayes,
+    seed=snakemake.params.seed,
+    moderators=snakemake.params.study.moderators,
+    dataset=snakemake.params.study.dataset,
 )

@@ -1,12 +1,12 @@
-import sys
+from alliancemeta.pipeline.bayes import write_exact_tables
+from alliancemeta.pipeline.common import run_stage
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-
-from alliancemeta.studies.bayes.averaging import write_exact_tables
-
-write_exact_tables(
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_exact_tables,
     snakemake.input.studies,
     snakemake.output.sensitivity,
     snakemake.output.averaging,
-    **snakemake.params,
+    bayes=snakemake.params.bayes,
 )

@@ -1,13 +1,14 @@
-import sys
+from alliancemeta.pipeline.bayes import write_posterior_figure
+from alliancemeta.pipeline.common import run_stage
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-
-from alliancemeta.plots.bayes import write_posterior_figure
-
-write_posterior_figure(
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_posterior_figure,
     snakemake.input.studies,
     snakemake.input.posterior,
     snakemake.output.pdf,
     snakemake.output.png,
-    **snakemake.params,
+    bayes=snakemake.params.bayes,
+    dataset=snakemake.params.study.dataset,
 )

@@ -1,13 +1,14 @@
-import sys
+from alliancemeta.pipeline.common import run_stage
+from alliancemeta.pipeline.meta import write_forest
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-
-from alliancemeta.plots.forest import write_forest
-
-write_forest(
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_forest,
     snakemake.input.studies,
     snakemake.input.random_effects,
     snakemake.output.pdf,
     snakemake.output.png,
-    dataset=snakemake.wildcards.dataset,
+    dataset=snakemake.params.study.dataset,
+    meta=snakemake.params.meta,
 )

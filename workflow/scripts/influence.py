@@ -1,10 +1,13 @@
-import logging
-import sys
+from alliancemeta.pipeline.common import run_stage
+from alliancemeta.pipeline.influence import write_influence
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-from alliancemeta.studies.influence import write_influence
-
-out = snakemake.output
-write_influence(snakemake.input.studies, out.influence, out.cumulative, out.baujat, **snakemake.params.settings)
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_influence,
+    snakemake.input.studies,
+    snakemake.output.influence,
+    snakemake.output.cumulative,
+    snakemake.output.baujat,
+    snakemake.params.meta,
+)

@@ -1,12 +1,14 @@
-import logging
-import sys
+from alliancemeta.pipeline.common import run_stage
+from alliancemeta.pipeline.influence import write_influence_multilevel
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-from alliancemeta.studies.multilevel.influence import write_influence_multilevel
-
-out = snakemake.output
-write_influence_multilevel(
-    snakemake.input.studies, out.table, out.pdf, out.png, dataset=snakemake.params.dataset, **snakemake.params.settings
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_influence_multilevel,
+    snakemake.input.studies,
+    snakemake.output.table,
+    snakemake.output.pdf,
+    snakemake.output.png,
+    dataset=snakemake.params.study.dataset,
+    meta=snakemake.params.meta,
 )

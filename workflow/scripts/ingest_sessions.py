@@ -1,7 +1,11 @@
-import sys
+from alliancemeta.pipeline.common import run_stage
+from alliancemeta.pipeline.ingest import write_processed_sessions
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-
-from alliancemeta.core.inputs import write_processed_sessions
-
-write_processed_sessions(snakemake.input.raw, snakemake.output.sessions, **snakemake.params)
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_processed_sessions,
+    snakemake.input.raw,
+    snakemake.output.sessions,
+    groups=snakemake.params.session.groups,
+)

@@ -1,13 +1,14 @@
-import sys
+from alliancemeta.pipeline.common import run_stage
+from alliancemeta.pipeline.meta import write_moderators
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-
-from alliancemeta.studies.regression import write_moderators
-
-write_moderators(
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_moderators,
     snakemake.input.studies,
     snakemake.output.coefficients,
     snakemake.output.tests,
     snakemake.output.subgroups,
-    **snakemake.params.settings,
+    moderators=snakemake.params.study.moderators,
+    meta=snakemake.params.meta,
 )

@@ -1,7 +1,11 @@
-import sys
+from alliancemeta.pipeline.common import run_stage
+from alliancemeta.pipeline.meta import write_multilevel
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-
-from alliancemeta.studies.multilevel import write_multilevel
-
-write_multilevel(snakemake.input.studies, snakemake.output.table, level=snakemake.params.level)
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_multilevel,
+    snakemake.input.studies,
+    snakemake.output.table,
+    snakemake.params.meta,
+)

@@ -1,7 +1,11 @@
-import sys
+from alliancemeta.pipeline.common import run_stage
+from alliancemeta.pipeline.report import write_provenance
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-
-from alliancemeta.report.provenance import write_provenance
-
-write_provenance(snakemake.input.inputs, snakemake.output.provenance, snakemake.params.config)
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_provenance,
+    snakemake.input.inputs,
+    snakemake.output.provenance,
+    snakemake.params.config,
+)

@@ -1,9 +1,11 @@
-import logging
-import sys
+from alliancemeta.pipeline.bias import write_publication_bias
+from alliancemeta.pipeline.common import run_stage
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-from alliancemeta.studies.bias import write_publication_bias
-
-write_publication_bias(snakemake.input.studies, snakemake.output.table, **snakemake.params.settings)
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_publication_bias,
+    snakemake.input.studies,
+    snakemake.output.table,
+    snakemake.params.meta,
+)

@@ -1,7 +1,11 @@
-import sys
+from alliancemeta.pipeline.common import run_stage
+from alliancemeta.pipeline.meta import write_random_effects
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-
-from alliancemeta.studies.random_effects import write_random_effects
-
-write_random_effects(snakemake.input.studies, snakemake.output.table, **snakemake.params.settings)
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_random_effects,
+    snakemake.input.studies,
+    snakemake.output.table,
+    snakemake.params.meta,
+)

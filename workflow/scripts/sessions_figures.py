@@ -1,19 +1,16 @@
-import sys
+from alliancemeta.pipeline.common import run_stage
+from alliancemeta.pipeline.sessions import write_session_figures
 
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-
-from alliancemeta.plots.sessions import write_session_figures
-
-out = snakemake.output
-write_session_figures(
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_session_figures,
     snakemake.input.sessions,
     snakemake.input.mixed_models,
     snakemake.input.posterior,
-    out.trajectories_pdf,
-    out.trajectories_png,
-    out.coefficients_pdf,
-    out.coefficients_png,
-    out.posterior_pdf,
-    out.posterior_png,
-    **snakemake.params,
+    {
+        name: (snakemake.output[f"{name}_pdf"], snakemake.output[f"{name}_png"])
+        for name in ("trajectories", "coefficients", "posterior")
+    },
+    settings=snakemake.params.session,
 )

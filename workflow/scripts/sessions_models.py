@@ -1,17 +1,15 @@
-import sys
-
-sys.stderr = open(snakemake.log[0], "w", buffering=1)
-
+from alliancemeta.pipeline.common import run_stage
 from alliancemeta.pipeline.sessions import write_session_models
 
-write_session_models(
+run_stage(
+    snakemake.rule,
+    snakemake.log[0],
+    write_session_models,
     snakemake.input.sessions,
     snakemake.output.mixed_models,
     snakemake.output.variance_components,
     snakemake.output.diagnostics,
     snakemake.output.posterior,
-    outcome_lower_is_better=snakemake.params.outcome_lower_is_better,
+    settings=snakemake.params.session,
     seed=snakemake.params.seed,
-    level=snakemake.params.level,
-    **snakemake.params.sampler,
 )

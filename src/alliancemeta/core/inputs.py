@@ -25,14 +25,11 @@ import numpy as np
 import pandas as pd
 
 from alliancemeta.core.effects import escalc_cor
+from alliancemeta.core.errors import InputError
 
 STUDY_REQUIRED = ("study",)
 SESSION_REQUIRED = ("client", "session", "alliance", "outcome")
 _DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")
-
-
-class InputError(ValueError):
-    """A problem with an input file; ``str(error)`` is the complete message for the user."""
 
 
 @dataclass(frozen=True)
@@ -338,20 +335,3 @@ def read_sessions(path: str | os.PathLike, groups: Sequence[str] = ()) -> Sessio
     return SessionData(frame.sort_values(["client", "session"], kind="stable").reset_index(drop=True), notes)
 
 
-def write_processed_studies(raw, out, moderators: Sequence[str] = ()) -> None:
-    """Validate a raw study table and write it with Fisher-z ``yi``/``vi`` (data/processed/)."""
-    from alliancemeta.core.tables import write_csv
-
-    write_csv(read_studies(raw, moderators), out)
-
-
-def write_processed_sessions(raw, out, groups: Sequence[str] = ()) -> None:
-    """Validate a raw session table and write it sorted by client and session (data/processed/)."""
-    import sys
-
-    from alliancemeta.core.tables import write_csv
-
-    data = read_sessions(raw, groups)
-    for note in data.notes:
-        print(f"note: {note}", file=sys.stderr)
-    write_csv(data.frame, out)

@@ -15,10 +15,8 @@ non-centred model (bulk ESS ~1,550 for mu and tau), 3.1 s + 0.3 s for the margin
 
 from __future__ import annotations
 
-import os
 import warnings
-import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import arviz as az
@@ -26,59 +24,17 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
-from alliancemeta.studies.bayes.models import REPORTED
+from alliancemeta.core.errors import SamplingError
+from alliancemeta.core.settings import SamplerSettings
 
 #: Convergence thresholds (Vehtari et al. 2021, *Bayesian Analysis* 16, 667-718: r_hat < 1.01 and
 #: bulk ESS > 100 per chain, i.e. 400 for four chains).
 R_HAT_MAX = 1.01
 ESS_BULK_MIN = 400
-#: The automatic retry: smaller steps (target_accept) remove most divergences that remain, and twice
-#: the draws and tuning steps cure a bulk ESS that fell just short.
-RETRY_TARGET_ACCEPT = 0.99
+#: The automatic retry runs with the configured ``retry_target_accept`` (smaller steps remove most
+#: divergences that remain) and this many times the draws and tuning steps (which cures a bulk ESS that
+#: fell just short).
 RETRY_SCALE = 2
-SAMPLERS = ("nutpie", "pymc")
-
-
-class SamplingError(RuntimeError):
-    """The sampler did not converge (after the retry); the message gives the failing diagnostics."""
-
-
-@dataclass(frozen=True)
-class SamplerSettings:
-    """Settings of one MCMC run (config ``bayes.draws``, ``tune``, ``chains``, ``sampler``, ``target_accept``)."""
-
-    draws: int = 2000
-    tune: int = 1000
-    chains: int = 4
-    sampler: str = "nutpie"
-    target_accept: float = 0.9
-    retry_target_accept: float = RETRY_TARGET_ACCEPT
-    cores: int | None = None
-
-    def __post_init__(self):
-        for name in ("draws", "tune", "chains"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"bayes.{name}: {value!r} must be a positive integer")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"bayes.sampler: unknown sampler {self.sampler!r}; expected one of {', '.join(SAMPLERS)}")
-        for name in ("target_accept", "retry_target_accept"):
-            value = getattr(self, name)
-            if not 0.0 < float(value) < 1.0:
-                raise ValueError(f"bayes.{name}: {value!r} must lie strictly between 0 and 1")
-
-    @classmethod
-    def from_config(cls, bayes: Mapping) -> SamplerSettings:
-        keys = ("draws", "tune", "chains", "sampler", "target_accept", "retry_target_accept")
-        return cls(**{key: bayes[key] for key in keys if key in bayes})
-
-    def n_cores(self) -> int:
-        return int(self.cores or min(self.chains, os.cpu_count() or 1))
-
-
-def sub_seed(seed: int, key: str) -> int:
-    """A seed for one model within a run: ``(seed + crc32(key)) mod 2**32`` (stable, never ``hash()``)."""
-    return (int(seed) + zlib.crc32(key.encode())) % 2**32
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,15 +77,14 @@ def _worst(ds: xr.Dataset, largest: bool) -> tuple[float, str]:
     return best_val, best_at
 
 
-def diagnose(idata, var_names=None, r_hat_max: float = R_HAT_MAX, ess_bulk_min: float = ESS_BULK_MIN) -> Diagnostics:
+def diagnose(idata, var_names, r_hat_max: float = R_HAT_MAX, ess_bulk_min: float = ESS_BULK_MIN) -> Diagnostics:
     """r_hat (rank-normalised split), bulk/tail ESS and divergences of ``idata``'s posterior.
 
-    ``var_names`` defaults to the reported parameters (:data:`~alliancemeta.studies.bayes.models.REPORTED`:
-    coefficients, SDs, r, theta_new), the quantities whose summaries go into the tables; the
-    latent standardised study effects are not checked one by one (ArviZ takes ~10 s for 800 of
-    them), but any divergence, wherever it arises, fails the check.
+    ``var_names`` are the reported parameters (coefficients, SDs, derived quantities), the quantities
+    whose summaries go into the tables; latent effects per study or client are not checked one by one
+    (ArviZ takes ~10 s for 800 of them), but any divergence, wherever it arises, fails the check.
     """
-    names = [v for v in (REPORTED if var_names is None else var_names) if v in idata.posterior]
+    names = [v for v in var_names if v in idata.posterior]
     post = idata.posterior[names] if names else idata.posterior
     rhat, rhat_at = _worst(az.rhat(post), largest=True)
     ess, ess_at = _worst(az.ess(post, method="bulk"), largest=False)
@@ -233,16 +188,15 @@ def _tidy(idata, model: pm.Model, attrs: Mapping):
     return out
 
 
-def sample(model: pm.Model, settings: SamplerSettings | Mapping | None = None, seed: int = 0,
-           target_accept: float | None = None):
+def sample(model: pm.Model, settings: SamplerSettings, seed: int, target_accept: float | None = None):
     """Draw from ``model``'s posterior with nutpie (numba backend), or PyMC's NUTS as a fallback.
 
     Parameters
     ----------
     model : pymc.Model
         From :func:`~alliancemeta.studies.bayes.models.build_meta_model`.
-    settings : SamplerSettings or mapping
-        Draws, tuning steps, chains, sampler and target_accept (config ``bayes``).
+    settings : SamplerSettings
+        Draws, tuning steps, chains, sampler and target_accept (config ``bayes`` or ``sessions_bayes``).
     seed : int
         Integer random seed; the same seed gives identical draws.
 
@@ -253,16 +207,7 @@ def sample(model: pm.Model, settings: SamplerSettings | Mapping | None = None, s
         ``observed_data`` and ``constant_data``; the sampler, seed and settings are in
         ``posterior.attrs``.  No convergence check here: see :func:`fit`.
     """
-    settings = _as_settings(settings)
     return CompiledModel(model, settings).sample(seed, target_accept)
-
-
-def _as_settings(settings) -> SamplerSettings:
-    if settings is None:
-        return SamplerSettings()
-    if isinstance(settings, SamplerSettings):
-        return settings
-    return SamplerSettings.from_config(settings)
 
 
 @dataclass(frozen=True)
@@ -276,12 +221,14 @@ class Fit:
     backend: str
 
 
-def fit(model: pm.Model | CompiledModel, settings: SamplerSettings | Mapping | None, seed: int,
-        label: str = "model") -> Fit:
+def fit(model: pm.Model | CompiledModel, settings: SamplerSettings | None, seed: int, label: str,
+        var_names: Sequence[str]) -> Fit:
     """Sample, check convergence, retry once (``retry_target_accept``, twice the draws), raise if still unconverged.
 
     ``model`` may be a :class:`CompiledModel` (then ``settings`` is taken from it and may be None),
-    so a compiled model can be refitted to new data without recompiling.
+    so a compiled model can be refitted to new data without recompiling.  ``label`` names the model in
+    warnings and errors; ``var_names`` are the parameters whose r_hat and ESS are checked (see
+    :func:`diagnose`).  This is the one MCMC path of the package: study- and session-level models alike.
 
     Raises
     ------
@@ -293,21 +240,20 @@ def fit(model: pm.Model | CompiledModel, settings: SamplerSettings | Mapping | N
         compiled = model
         settings = compiled.settings
     else:
-        settings = _as_settings(settings)
         compiled = CompiledModel(model, settings)
     idata = compiled.sample(seed)
-    diag = diagnose(idata)
+    diag = diagnose(idata, var_names)
     if diag.ok:
         return Fit(idata, diag, 1, settings.target_accept, compiled.backend)
     warnings.warn(f"{label}: {'; '.join(diag.problems)}; retrying with target_accept="
                   f"{settings.retry_target_accept} and {RETRY_SCALE} x the draws and tuning steps",
                   RuntimeWarning, stacklevel=2)
     idata = compiled.sample(seed, settings.retry_target_accept, RETRY_SCALE)
-    diag2 = diagnose(idata)
+    diag2 = diagnose(idata, var_names)
     if diag2.ok:
         return Fit(idata, diag2, 2, settings.retry_target_accept, compiled.backend)
     raise SamplingError(
         f"{label}: MCMC did not converge after a retry with target_accept={settings.retry_target_accept}: "
         f"{'; '.join(diag2.problems)} (first attempt: {'; '.join(diag.problems)}). "
-        "Try more tuning or draws (bayes.tune, bayes.draws) or a more informative bayes.prior_tau."
+        f"Try more tuning or draws ({settings.section}.tune, {settings.section}.draws) or more informative priors."
     )

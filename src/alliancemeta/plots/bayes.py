@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 
-from alliancemeta.plots.forest import STYLE, plt, save_figure
+from alliancemeta.core.inference import upper_quantile
+from alliancemeta.plots.style import PALETTE, STYLE
 from alliancemeta.studies.bayes.priors import MetaPriors
-from alliancemeta.studies.bayes.quadrature import ExactPosterior, exact_posterior
+from alliancemeta.studies.bayes.quadrature import ExactPosterior
 
 #: Probability mass left out on each side of the plotted range.
 TAIL = 5e-4
 N_GRID = 400
 HIST_BINS = 60
-COLORS = {"mcmc": "0.78", "exact": "#1f4e79", "prior": "#b5562b"}
+COLORS = {"mcmc": PALETTE["light"], "exact": PALETTE["accent"], "prior": PALETTE["highlight"]}
+
+
+def _shade(ax, x, density, lo: float, hi: float, label: str | None = None) -> None:
+    """Shade the area under ``density`` between the interval bounds ``lo`` and ``hi``."""
+    inside = (x >= lo) & (x <= hi)
+    ax.fill_between(x[inside], density[inside], color=COLORS["exact"], alpha=0.15, lw=0, label=label)
 
 
 def _range(lo: float, hi: float, pad: float = 0.15) -> np.ndarray:
@@ -21,13 +28,16 @@ def _range(lo: float, hi: float, pad: float = 0.15) -> np.ndarray:
     return np.linspace(lo - pad * width, hi + pad * width, N_GRID)
 
 
-def posterior_figure(idata, exact: ExactPosterior, priors: MetaPriors, title: str = ""):
+def posterior_figure(idata, exact: ExactPosterior, priors: MetaPriors, level: float, title: str = ""):
     r"""Three panels: pooled r, heterogeneity tau and the effect of a new study (r scale).
 
     Each shows a histogram of the MCMC draws, the exact posterior density from the quadrature
-    path (they should coincide) and, for r and tau, the prior density.  Densities on the r scale
-    are transformed from Fisher z: :math:`p_r(x) = p_\mu(\operatorname{atanh} x) / (1 - x^2)`.
+    path (they should coincide), its equal-tailed credible interval at ``level`` (shaded) and, for r
+    and tau, the prior density.  Densities on the r scale are transformed from Fisher z:
+    :math:`p_r(x) = p_\mu(\operatorname{atanh} x) / (1 - x^2)`.
     """
+    q_hi = upper_quantile(level)
+    q_lo = 1.0 - q_hi
     post = idata.posterior
     draws = {
         "r": np.tanh(post["mu"].values.ravel()),
@@ -44,8 +54,10 @@ def posterior_figure(idata, exact: ExactPosterior, priors: MetaPriors, title: st
         jac = 1.0 / (1.0 - x**2)
         ax.hist(draws["r"], bins=HIST_BINS, range=(x[0], x[-1]), density=True, color=COLORS["mcmc"],
                 label="MCMC draws")
-        ax.plot(x, exact.mixture_density("mu", np.arctanh(x)) * jac, color=COLORS["exact"], lw=1.2,
-                label="exact posterior")
+        dens = exact.mixture_density("mu", np.arctanh(x)) * jac
+        ax.plot(x, dens, color=COLORS["exact"], lw=1.2, label="exact posterior")
+        _shade(ax, x, dens, np.tanh(exact.mixture_quantile("mu", q_lo)), np.tanh(exact.mixture_quantile("mu", q_hi)),
+               f"{100 * level:g}% credible interval")
         ax.plot(x, np.exp(priors.mu.logpdf(np.arctanh(x))) * jac, color=COLORS["prior"], lw=1.0, ls="--",
                 label=f"prior: mu ~ {priors.mu.label}")
         if x[0] < 0.1 < x[-1]:
@@ -62,7 +74,9 @@ def posterior_figure(idata, exact: ExactPosterior, priors: MetaPriors, title: st
         t = _range(exact.tau_quantile(TAIL), exact.tau_quantile(1 - TAIL))
         t = t[t > 0]
         ax.hist(draws["tau"], bins=HIST_BINS, range=(t[0], t[-1]), density=True, color=COLORS["mcmc"])
-        ax.plot(t, exact.tau_density(t), color=COLORS["exact"], lw=1.2)
+        dens = exact.tau_density(t)
+        ax.plot(t, dens, color=COLORS["exact"], lw=1.2)
+        _shade(ax, t, dens, exact.tau_quantile(q_lo), exact.tau_quantile(q_hi))
         ax.plot(t, np.exp(priors.tau.logpdf(t)), color=COLORS["prior"], lw=1.0, ls="--",
                 label=f"prior: tau ~ {priors.tau.label}")
         ax.set_xlim(t[0], t[-1])
@@ -75,8 +89,10 @@ def posterior_figure(idata, exact: ExactPosterior, priors: MetaPriors, title: st
         n_hi = exact.mixture_quantile("theta_new", 1 - TAIL)
         x = np.tanh(_range(n_lo, n_hi, pad=0.05))
         ax.hist(draws["new"], bins=HIST_BINS, range=(x[0], x[-1]), density=True, color=COLORS["mcmc"])
-        ax.plot(x, exact.mixture_density("theta_new", np.arctanh(x)) / (1.0 - x**2), color=COLORS["exact"],
-                lw=1.2)
+        dens = exact.mixture_density("theta_new", np.arctanh(x)) / (1.0 - x**2)
+        ax.plot(x, dens, color=COLORS["exact"], lw=1.2)
+        _shade(ax, x, dens, np.tanh(exact.mixture_quantile("theta_new", q_lo)),
+               np.tanh(exact.mixture_quantile("theta_new", q_hi)))
         if x[0] < 0.0 < x[-1]:
             ax.axvline(0.0, color="0.5", lw=0.5, ls=":")
         ax.set_xlim(x[0], x[-1])
@@ -92,16 +108,3 @@ def posterior_figure(idata, exact: ExactPosterior, priors: MetaPriors, title: st
         if title:
             fig.suptitle(title, x=0.01, ha="left", fontsize=9)
     return fig
-
-
-def write_posterior_figure(studies, posterior, pdf, png, *, bayes, dataset: str = "") -> None:
-    """Posterior figure of the random-effects model from ``posterior.nc`` and the processed table."""
-    import arviz as az
-
-    frame = pd.read_csv(studies)
-    priors = MetaPriors.from_config(bayes)
-    exact = exact_posterior(frame["yi"].to_numpy(dtype=float), frame["vi"].to_numpy(dtype=float), priors)
-    idata = az.from_netcdf(posterior, engine="h5netcdf")
-    synthetic = " — SYNTHETIC data" if dataset.endswith("_synthetic") else ""
-    title = f"{dataset}{synthetic}: Bayesian random-effects meta-analysis (k = {exact.k})"
-    save_figure(posterior_figure(idata, exact, priors, title), pdf, png)

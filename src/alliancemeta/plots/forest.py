@@ -1,53 +1,20 @@
-"""Publication figures shared by every stage: house style, byte-reproducible saving, forest plot."""
+"""Forest plot of a study-level dataset on the r scale."""
 
 from __future__ import annotations
 
-import os
-
-import matplotlib
-
-matplotlib.use("Agg")
-
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 
-from alliancemeta.core.tables import atomic_path
+from alliancemeta.core.inference import critical_value
+from alliancemeta.plots.style import PALETTE, STYLE
 
-#: rcParams for every figure: serif-free, print sizes, no chart junk.
-STYLE = {
-    "font.family": "DejaVu Sans",
-    "font.size": 8,
-    "axes.titlesize": 9,
-    "axes.labelsize": 8,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
-    "legend.fontsize": 7,
-    "legend.frameon": False,
-    "figure.dpi": 100,
-    "savefig.bbox": "tight",
-    "pdf.fonttype": 42,  # embed TrueType so text stays editable in journals' tools
-    "svg.hashsalt": "alliancemeta",
-}
-PNG_DPI = 200
-_PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None}
 #: Above this many rows a forest plot drops the study labels and becomes a caterpillar plot.
 FOREST_MAX_LABELLED = 80
 
 
-def save_figure(fig, pdf_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
-    """Save ``fig`` as PDF and PNG atomically, without timestamps, so reruns give identical bytes."""
-    with atomic_path(pdf_path) as tmp:
-        fig.savefig(tmp, format="pdf", bbox_inches="tight", metadata=_PDF_METADATA)
-    with atomic_path(png_path) as tmp:
-        fig.savefig(tmp, format="png", dpi=PNG_DPI, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-
-
-def forest_plot(labels, yi, vi, summary: dict, title: str = "", xlabel: str = "Correlation r (back-transformed)"):
-    """Forest plot on the r scale: study estimates with 95% CIs, the pooled diamond and the PI.
+def forest_plot(labels, yi, vi, summary: dict, level: float, title: str = "",
+                xlabel: str = "Correlation r (back-transformed)"):
+    """Forest plot on the r scale: study estimates with CIs at ``level``, the pooled diamond and the PI.
 
     ``summary`` holds ``estimate, ci_lb, ci_ub, pi_lb, pi_ub`` on the Fisher-z scale (a row of
     ``random_effects.csv``) and a ``label`` for the pooled row.  Marker areas are proportional to
@@ -60,7 +27,7 @@ def forest_plot(labels, yi, vi, summary: dict, title: str = "", xlabel: str = "C
     k = yi.size
     labelled = k <= FOREST_MAX_LABELLED
     order = np.arange(k) if labelled else np.argsort(yi, kind="stable")
-    half = 1.959963984540054 * np.sqrt(vi)
+    half = critical_value(level) * np.sqrt(vi)
     lo, hi, mid = np.tanh(yi - half), np.tanh(yi + half), np.tanh(yi)
     height = 1.2 + (0.18 * k if labelled else 4.5)
     with plt.rc_context(STYLE):
@@ -75,11 +42,11 @@ def forest_plot(labels, yi, vi, summary: dict, title: str = "", xlabel: str = "C
         pl, pu = np.tanh(summary["pi_lb"]), np.tanh(summary["pi_ub"])
         yd = -max(0.6, 0.03 * k)  # the pooled row sits below the studies, scaled to the plot's height
         dh = max(0.45, 0.012 * k)
-        ax.fill([cl, est, cu, est], [yd, yd + dh, yd, yd - dh], color="#1f4e79", zorder=4)
+        ax.fill([cl, est, cu, est], [yd, yd + dh, yd, yd - dh], color=PALETTE["accent"], zorder=4)
         if np.isfinite(pl) and np.isfinite(pu):
-            ax.hlines(yd, pl, pu, color="#1f4e79", lw=1.0, linestyles="dotted")
+            ax.hlines(yd, pl, pu, color=PALETTE["accent"], lw=1.0, linestyles="dotted")
         ax.axvline(0, color="0.6", lw=0.6)
-        ax.axvline(est, color="#1f4e79", lw=0.5, ls="--", alpha=0.6)
+        ax.axvline(est, color=PALETTE["accent"], lw=0.5, ls="--", alpha=0.6)
         if labelled:
             ax.set_yticks(np.append(ypos, yd))
             ax.set_yticklabels([*labels[order], summary.get("label", "Pooled")])
@@ -102,14 +69,3 @@ def forest_plot(labels, yi, vi, summary: dict, title: str = "", xlabel: str = "C
     return fig
 
 
-def write_forest(studies, random_effects, pdf, png, dataset: str = "") -> None:
-    """Forest plot of a processed study table with the headline (first) row of ``random_effects.csv``."""
-    frame = pd.read_csv(studies)
-    head = pd.read_csv(random_effects).iloc[0]
-    summary = {
-        **{c: float(head[c]) for c in ("estimate", "ci_lb", "ci_ub", "pi_lb", "pi_ub")},
-        "label": f"{head['estimator']} ({head['test']}), k = {int(head['k'])}",
-    }
-    synthetic = " — SYNTHETIC data" if dataset.endswith("_synthetic") else ""
-    fig = forest_plot(frame["study"], frame["yi"], frame["vi"], summary, title=f"{dataset}{synthetic}")
-    save_figure(fig, pdf, png)

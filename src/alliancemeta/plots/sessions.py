@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import arviz as az
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,8 +9,8 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from scipy import stats
 
-from alliancemeta.plots.forest import STYLE, save_figure
-from alliancemeta.sessions.data import read_session_table
+from alliancemeta.core.inference import critical_value, upper_quantile
+from alliancemeta.plots.style import PALETTE, STYLE
 
 #: At most this many individual trajectories are drawn (evenly spaced over the sorted client ids,
 #: so the choice is deterministic); the mean trajectory uses every client.
@@ -23,19 +21,24 @@ TERM_LABELS = {
     "alliance_between": "Between clients\n(client mean)",
     "alliance_therapist": "Between therapists\n(therapist mean)",
 }
-ENGINE_COLOURS = {"mixedlm": "#1f4e79", "pymc": "#b5523b"}
+ENGINE_COLOURS = {"mixedlm": PALETTE["accent"], "pymc": PALETTE["highlight"]}
 MODEL_MARKERS = {"within_between": "o", "lagged": "s", "therapist": "D"}
 
 
-def _title(dataset: str, what: str) -> str:
-    synthetic = " — SYNTHETIC data" if dataset.endswith("_synthetic") else ""
-    return f"{dataset}{synthetic}: {what}" if dataset else what
+def _title(dataset_label: str, what: str) -> str:
+    return f"{dataset_label}: {what}" if dataset_label else what
 
 
-def trajectories_figure(frame: pd.DataFrame, outcome_lower_is_better: bool, dataset: str = ""):
+def _pct(level: float) -> str:
+    return f"{100 * level:g}%"
+
+
+def trajectories_figure(frame: pd.DataFrame, outcome_lower_is_better: bool, level: float, dataset_label: str = ""):
     """Alliance and outcome by session: individual trajectories of up to :data:`MAX_SPAGHETTI`
-    clients (thin) and the mean over the clients observed at each session with its 95% CI (thick);
-    the number of clients still observed is printed along the session axis."""
+    clients (thin) and the mean over the clients observed at each session with its normal-theory CI at
+    ``level`` (thick); the number of clients still observed is printed along the session axis."""
+    crit = critical_value(level)
+    accent = PALETTE["accent"]
     clients = np.array(sorted(frame["client"].unique()))
     shown = clients[np.linspace(0, clients.size - 1, min(MAX_SPAGHETTI, clients.size)).round().astype(int)]
     outcome_label = "Outcome (raw; lower is better)" if outcome_lower_is_better else "Outcome (raw; higher is better)"
@@ -47,21 +50,21 @@ def trajectories_figure(frame: pd.DataFrame, outcome_lower_is_better: bool, data
                 ax.plot(part["session"], part[col], color="0.6", lw=0.4, alpha=0.6)
             by = frame.groupby("session")[col]
             mean, se = by.mean(), by.std(ddof=1) / np.sqrt(by.size())
-            ax.fill_between(mean.index, mean - 1.96 * se, mean + 1.96 * se, color="#1f4e79", alpha=0.25, lw=0)
-            ax.plot(mean.index, mean, color="#1f4e79", lw=1.8, label="Mean (95% CI)")
+            ax.fill_between(mean.index, mean - crit * se, mean + crit * se, color=accent, alpha=0.25, lw=0)
+            ax.plot(mean.index, mean, color=accent, lw=1.8, label=f"Mean ({_pct(level)} CI)")
             ax.set_xlabel("Session")
             ax.set_ylabel(label)
             ax.xaxis.get_major_locator().set_params(integer=True)
         axes[0].legend(loc="lower right")
         axes[1].text(0.99, 0.98, f"{clients.size} clients; {shown.size} trajectories shown",
                      transform=axes[1].transAxes, ha="right", va="top", fontsize=6.5)  # fmt: skip
-        fig.suptitle(_title(dataset, "session-by-session trajectories"), x=0.01, ha="left", fontsize=9)
+        fig.suptitle(_title(dataset_label, "session-by-session trajectories"), x=0.01, ha="left", fontsize=9)
         fig.tight_layout()
     return fig
 
 
-def coefficients_figure(table: pd.DataFrame, dataset: str = ""):
-    """Alliance coefficients with 95% intervals from ``mixed_models.csv``: one row per model and
+def coefficients_figure(table: pd.DataFrame, level: float, dataset_label: str = ""):
+    """Alliance coefficients with their intervals at ``level`` from ``mixed_models.csv``: one row per model and
     engine within each alliance component (sign convention: positive = better outcome)."""
     rows = table[table["term"].isin(ALLIANCE_TERMS)].copy()
     rows["order"] = rows["term"].map({t: k for k, t in enumerate(ALLIANCE_TERMS)})
@@ -82,8 +85,8 @@ def coefficients_figure(table: pd.DataFrame, dataset: str = ""):
                 ax.text(1.01, ys.mean(), TERM_LABELS[term], transform=ax.get_yaxis_transform(), va="center",
                         fontsize=7)  # fmt: skip
                 ax.axhline(ys.min() - 0.5, color="0.85", lw=0.5)
-        ax.set_xlabel("Coefficient per alliance point (95% CI; positive = better outcome)")
-        ax.set_title(_title(dataset, "alliance components"), loc="left")
+        ax.set_xlabel(f"Coefficient per alliance point ({_pct(level)} CI; positive = better outcome)")
+        ax.set_title(_title(dataset_label, "alliance components"), loc="left")
         ax.tick_params(axis="y", length=0)
         handles = [Line2D([], [], color=c, lw=1.2, label=e) for e, c in ENGINE_COLOURS.items()
                    if e in set(rows["engine"])]  # fmt: skip
@@ -95,17 +98,18 @@ def coefficients_figure(table: pd.DataFrame, dataset: str = ""):
     return fig
 
 
-def posterior_figure(idata: az.InferenceData, table: pd.DataFrame | None = None, dataset: str = ""):
+def posterior_figure(idata: az.InferenceData, table: pd.DataFrame | None, level: float, dataset_label: str = ""):
     """Posterior densities (Gaussian KDE) of the Bayesian ``within_between`` alliance coefficients
-    with their 95% equal-tailed intervals; the REML estimate and Wald CI of the same model are
+    with their equal-tailed intervals at ``level``; the REML estimate and Wald CI of the same model are
     drawn for comparison when ``table`` (``mixed_models.csv``) is given."""
+    q_hi = upper_quantile(level)
     beta = idata.posterior["beta"]
     terms = [t for t in ALLIANCE_TERMS if t in beta.coords["term"].values]
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(terms), figsize=(2.4 * len(terms), 2.4), squeeze=False)
         for ax, term in zip(axes[0], terms, strict=True):
             draws = beta.sel(term=term).to_numpy().reshape(-1)
-            lo, hi = np.quantile(draws, [0.025, 0.975])
+            lo, hi = np.quantile(draws, [1.0 - q_hi, q_hi])
             grid = np.linspace(draws.min(), draws.max(), 300)
             density = stats.gaussian_kde(draws)(grid)
             ax.plot(grid, density, color=ENGINE_COLOURS["pymc"], lw=1.2)
@@ -126,30 +130,14 @@ def posterior_figure(idata: az.InferenceData, table: pd.DataFrame | None = None,
             ax.set_yticks([])
         axes[0, 0].set_ylabel("Posterior density")
         handles = [
-            Line2D([], [], color=ENGINE_COLOURS["pymc"], lw=1.2, label="Posterior (95% equal-tailed interval shaded)")
+            Line2D([], [], color=ENGINE_COLOURS["pymc"], lw=1.2,
+                   label=f"Posterior ({_pct(level)} equal-tailed interval shaded)")
         ]
         if table is not None:
             handles.append(Line2D([], [], color=ENGINE_COLOURS["mixedlm"], marker="o", ms=3.5, lw=1.2,
-                                  label="REML estimate (95% Wald CI)"))  # fmt: skip
+                                  label=f"REML estimate ({_pct(level)} Wald CI)"))  # fmt: skip
         fig.legend(handles=handles, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.04))
-        fig.suptitle(_title(dataset, "posterior of the Bayesian within/between model"), x=0.01, ha="left", fontsize=9)
+        fig.suptitle(_title(dataset_label, "posterior of the Bayesian within/between model"), x=0.01, ha="left",
+                     fontsize=9)
         fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
-
-
-def write_session_figures(
-    sessions: str | os.PathLike,
-    mixed_models: str | os.PathLike,
-    posterior: str | os.PathLike,
-    trajectories_pdf, trajectories_png, coefficients_pdf, coefficients_png, posterior_pdf, posterior_png,
-    *,
-    outcome_lower_is_better: bool,
-    dataset: str = "",
-) -> None:  # fmt: skip
-    """Write the three session figures (PDF + PNG each) for one dataset."""
-    frame = read_session_table(sessions)
-    table = pd.read_csv(mixed_models)
-    save_figure(trajectories_figure(frame, outcome_lower_is_better, dataset), trajectories_pdf, trajectories_png)
-    save_figure(coefficients_figure(table, dataset), coefficients_pdf, coefficients_png)
-    idata = az.from_netcdf(str(posterior))
-    save_figure(posterior_figure(idata, table, dataset), posterior_pdf, posterior_png)

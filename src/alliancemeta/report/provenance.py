@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 from importlib import metadata
 from pathlib import Path
-
-from alliancemeta.core.tables import atomic_path
 
 #: Distributions whose versions decide the numbers in results/.
 PACKAGES = (
@@ -49,6 +46,3 @@ def provenance(inputs, config: dict) -> dict:
     }
 
 
-def write_provenance(inputs, out, config: dict) -> None:
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(provenance(inputs, dict(config)), indent=2, sort_keys=True, default=str) + "\n")

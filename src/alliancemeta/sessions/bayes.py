@@ -17,13 +17,14 @@ effects are parameterised as described in :func:`build_within_between_model`.  C
 reported on the data scale, :math:`\\beta_k = \\tilde\\beta_k s_y / s_{x_k}`, as deterministic nodes
 ``beta`` (dims ``term``).
 
-Diagnostics follow the house rule: r_hat <= :data:`RHAT_MAX`, ess_bulk and ess_tail >=
-:data:`ESS_MIN`, no divergences; a violation is flagged in the diagnostics table and warned about.
+The model is sampled through the package's one MCMC path (:func:`alliancemeta.core.mcmc.fit`): r_hat
+<= 1.01, ess_bulk >= 400 and no divergences for every coefficient and standard deviation
+(:data:`DIAGNOSED`), one automatic retry, then a :class:`~alliancemeta.core.mcmc.SamplingError` that stops
+the rule before anything is written.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import arviz as az
@@ -31,16 +32,14 @@ import numpy as np
 import pandas as pd
 import pymc as pm
 
+from alliancemeta.core.inference import upper_quantile
+from alliancemeta.core.mcmc import ESS_BULK_MIN, R_HAT_MAX
 from alliancemeta.sessions.data import has_therapist
 
-RHAT_MAX = 1.01
-ESS_MIN = 400
-#: Sampler defaults for the session model.  nutpie adapts quickly: 4 chains x (500 tuning + 500)
-#: draws give ess_bulk > 2000 and r_hat < 1.005 for every coefficient on the bundled data, and the
-#: whole fit (about 15 s compiling, 10-15 s sampling) stays under a minute on 2 busy cores.
-DEFAULT_SETTINGS = {"draws": 500, "tune": 500, "chains": 4}
 #: Standard deviations summarised next to the coefficients (data scale).
 SD_PARAMETERS = ("sd_therapist", "sd_client", "sd_client_session", "sigma")
+#: Parameters whose convergence is checked: the coefficients and the standard deviations.
+DIAGNOSED = ("beta", *SD_PARAMETERS)
 
 
 @dataclass(frozen=True)
@@ -67,15 +66,9 @@ class BayesSummary:
 
     @property
     def passed(self) -> np.ndarray:
-        """Per parameter: r_hat, both ESS and (for all) the divergence count within the limits."""
-        return (
-            (self.r_hat <= RHAT_MAX) & (self.ess_bulk >= ESS_MIN) & (self.ess_tail >= ESS_MIN)
-            & (self.divergences == 0)
-        )  # fmt: skip
-
-    @property
-    def ok(self) -> bool:
-        return bool(np.all(self.passed))
+        """Per parameter: r_hat, bulk ESS and (for all) the divergence count within the limits of
+        :mod:`alliancemeta.core.mcmc`."""
+        return (self.r_hat <= R_HAT_MAX) & (self.ess_bulk >= ESS_BULK_MIN) & (self.divergences == 0)
 
 
 def _level_values(data: pd.DataFrame, column: str, key: str, index) -> np.ndarray:
@@ -152,26 +145,15 @@ def build_within_between_model(data: pd.DataFrame, terms, random_slope: bool = T
     return model
 
 
-def sample_model(model: pm.Model, seed: int, draws: int, tune: int, chains: int) -> az.InferenceData:
-    """Sample with nutpie (one thread per chain); ``seed`` makes the draws reproducible."""
-    with model:
-        idata = pm.sample(
-            draws=draws, tune=tune, chains=chains, random_seed=int(seed), nuts_sampler="nutpie",
-            progressbar=False, compute_convergence_checks=False,
-        )  # fmt: skip
-    return idata
-
-
-def summarise_posterior(idata: az.InferenceData, level: float = 0.95) -> BayesSummary:
-    """Posterior mean, SD, equal-tailed interval and diagnostics (ess_bulk, ess_tail, rank-normalised
-    r_hat; Vehtari et al. 2021) of every coefficient and standard deviation; warns when a
-    diagnostic fails."""
+def summarise_posterior(idata: az.InferenceData, level: float) -> BayesSummary:
+    """Posterior mean, SD, equal-tailed interval at ``level`` and diagnostics (ess_bulk, ess_tail,
+    rank-normalised r_hat; Vehtari et al. 2021) of every coefficient and standard deviation."""
     post = idata.posterior
     names = [str(t) for t in post["beta"].coords["term"].values]
     sds = [v for v in SD_PARAMETERS if v in post]
     draws = [post["beta"].sel(term=t) for t in names] + [post[v] for v in sds]
     flat = np.stack([d.to_numpy().reshape(-1) for d in draws])
-    alpha = (1 - level) / 2
+    alpha = 1.0 - upper_quantile(level)
     ds = post[["beta", *sds]]
     ess_bulk, ess_tail, r_hat = (az.ess(ds, method="bulk"), az.ess(ds, method="tail"), az.rhat(ds))
 
@@ -180,7 +162,7 @@ def summarise_posterior(idata: az.InferenceData, level: float = 0.95) -> BayesSu
 
     stats_ = idata.sample_stats
     divergences = int(stats_["diverging"].sum()) if "diverging" in stats_ else 0
-    summary = BayesSummary(
+    return BayesSummary(
         parameters=(*names, *sds),
         n_terms=len(names),
         mean=flat.mean(axis=1),
@@ -193,53 +175,5 @@ def summarise_posterior(idata: az.InferenceData, level: float = 0.95) -> BayesSu
         divergences=divergences,
         level=level,
     )
-    if not summary.ok:
-        warnings.warn(
-            f"session model sampling diagnostics failed: max r_hat {summary.r_hat.max():.4f} (limit {RHAT_MAX}), "
-            f"min ess_bulk {summary.ess_bulk.min():.0f} / ess_tail {summary.ess_tail.min():.0f} (limit {ESS_MIN}), "
-            f"{divergences} divergences (limit 0); increase tune/draws",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return summary
 
 
-def bayes_table_rows(summary: BayesSummary, model: str = "within_between") -> pd.DataFrame:
-    """Rows for ``tables/mixed_models.csv`` (engine ``pymc``): posterior mean, posterior SD as
-    ``se``, the equal-tailed interval as ``ci_lb``/``ci_ub``; ``pval`` is empty (no p-value)."""
-    k = summary.n_terms
-    return pd.DataFrame(
-        {
-            "model": model,
-            "engine": "pymc",
-            "term": summary.terms,
-            "estimate": summary.mean[:k],
-            "se": summary.sd[:k],
-            "ci_lb": summary.eti_lb[:k],
-            "ci_ub": summary.eti_ub[:k],
-            "pval": np.nan,
-        }
-    )
-
-
-DIAGNOSTIC_COLUMNS = ("model", "parameter", "mean", "sd", "eti_lb", "eti_ub", "ess_bulk", "ess_tail", "r_hat",
-                      "divergences", "passed")  # fmt: skip
-
-
-def diagnostics_table(summary: BayesSummary, model: str = "within_between") -> pd.DataFrame:
-    """Every summarised parameter with its diagnostics and whether it passed the house limits."""
-    return pd.DataFrame(
-        {
-            "model": model,
-            "parameter": summary.parameters,
-            "mean": summary.mean,
-            "sd": summary.sd,
-            "eti_lb": summary.eti_lb,
-            "eti_ub": summary.eti_ub,
-            "ess_bulk": summary.ess_bulk,
-            "ess_tail": summary.ess_tail,
-            "r_hat": summary.r_hat,
-            "divergences": summary.divergences,
-            "passed": summary.passed,
-        }
-    )

@@ -60,12 +60,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from statsmodels.regression.mixed_linear_model import MixedLM, MixedLMParams, VCSpec
 from threadpoolctl import threadpool_limits
 
+from alliancemeta.core.errors import ConvergenceError
+from alliancemeta.core.inference import critical_value, p_value
 from alliancemeta.sessions.data import has_therapist, lag_frame
-from alliancemeta.studies.random_effects import ConvergenceError
 
 MODELS = ("within_between", "lagged", "therapist")
 #: Gradient-norm tolerance for BFGS on statsmodels' REML criterion (log-likelihood / n).  The default
@@ -305,14 +305,14 @@ def _fit_mixed_model(data, model, terms, *, nested, random_slope, level) -> Mixe
     beta, vcov = _gls(data, y, X, variances, nested_fit)
     se = np.sqrt(np.diag(vcov))
     z = beta / se
-    crit = stats.norm.ppf(0.5 + level / 2)
+    crit = critical_value(level)
     return MixedModelFit(
         model=model,
         terms=("Intercept", *terms),
         estimate=beta,
         se=se,
         stat=z,
-        pval=2 * stats.norm.sf(np.abs(z)),
+        pval=p_value(z),
         ci_lb=beta - crit * se,
         ci_ub=beta + crit * se,
         vcov=vcov,
@@ -343,43 +343,3 @@ def fit_session_models(decomposed: pd.DataFrame, level: float = 0.95) -> dict[st
     return fits
 
 
-MIXED_MODEL_COLUMNS = ("model", "engine", "term", "estimate", "se", "ci_lb", "ci_ub", "pval")
-
-
-def mixed_models_table(fits: dict[str, MixedModelFit]) -> pd.DataFrame:
-    """Rows of ``tables/mixed_models.csv`` (engine ``mixedlm``): every slope (the intercept, which
-    is on the sign-aligned scale, is left out) and, for ``therapist``, the contrast
-    ``therapist_minus_between``."""
-    rows = []
-    for fit in fits.values():
-        crit = stats.norm.ppf(0.5 + fit.level / 2)
-        for k, term in enumerate(fit.terms):
-            if term == "Intercept":
-                continue
-            rows.append(
-                (fit.model, "mixedlm", REPORTED_TERM.get(term, term), fit.estimate[k], fit.se[k], fit.ci_lb[k],
-                 fit.ci_ub[k], fit.pval[k])
-            )  # fmt: skip
-        if fit.model == "therapist":
-            est, se = fit.contrast({"alliance_therapist": 1.0, "alliance_between": -1.0})
-            rows.append(
-                (fit.model, "mixedlm", "therapist_minus_between", est, se, est - crit * se, est + crit * se,
-                 2 * stats.norm.sf(abs(est / se)))
-            )  # fmt: skip
-    return pd.DataFrame(rows, columns=list(MIXED_MODEL_COLUMNS))
-
-
-VARIANCE_COLUMNS = ("model", "engine", "component", "variance", "sd", "random_slope", "n_obs", "n_clients",
-                    "n_therapists", "reml_loglik", "iterations")  # fmt: skip
-
-
-def variance_components_table(fits: dict[str, MixedModelFit]) -> pd.DataFrame:
-    """Variance components and fit information of every ``mixedlm`` model (one row per component)."""
-    rows = []
-    for fit in fits.values():
-        for name, var in fit.variances.items():
-            rows.append(
-                (fit.model, "mixedlm", name, var, np.sqrt(var), fit.random_slope, fit.n_obs, fit.n_clients,
-                 fit.n_therapists, fit.reml_loglik, fit.iterations)
-            )  # fmt: skip
-    return pd.DataFrame(rows, columns=list(VARIANCE_COLUMNS))

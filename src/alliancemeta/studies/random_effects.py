@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import optimize, stats
 
+from alliancemeta.core.errors import ConvergenceError
+from alliancemeta.core.inference import Prediction, critical_value, p_value, wald_test
+
 ESTIMATORS = ("FE", "DL", "HE", "HS", "SJ", "ML", "REML", "EB", "PM")
 TESTS = ("z", "t", "knha")
 
@@ -31,10 +34,6 @@ TESTS = ("z", "t", "knha")
 #: metafor stops at 1e-5; we iterate to near machine precision so results do not depend on the path.
 TAU2_THRESHOLD = 1e-12
 MAX_ITER = 1000
-
-
-class ConvergenceError(RuntimeError):
-    """An iterative estimator did not converge; the message says what to try instead."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def _xb(X: np.ndarray, beta: np.ndarray) -> np.ndarray:
     return X[:, 0] * beta[0] if X.shape[1] == 1 else X @ beta
 
 
-def _wls(yi: np.ndarray, X: np.ndarray, w: np.ndarray) -> WLS:
+def wls(yi: np.ndarray, X: np.ndarray, w: np.ndarray) -> WLS:
     if X.shape[1] == 1 and X[0, 0] == 1.0 and yi.size and np.all(X[:, 0] == 1.0):
         # intercept only: the weighted mean, without any linear-algebra call
         sw = w.sum()
@@ -78,12 +77,12 @@ def _wls(yi: np.ndarray, X: np.ndarray, w: np.ndarray) -> WLS:
     return WLS(beta, A, resid, float(np.sum(w * resid * resid)))
 
 
-def _trace_P(X: np.ndarray, w: np.ndarray, A: np.ndarray) -> float:
+def trace_p(X: np.ndarray, w: np.ndarray, A: np.ndarray) -> float:
     """tr(P) = sum(w) - tr(A X'W^2 X)."""
     return float(w.sum() - np.trace(A @ _xtwx(X, w * w)))
 
 
-def _trace_PP(X: np.ndarray, w: np.ndarray, A: np.ndarray) -> float:
+def trace_pp(X: np.ndarray, w: np.ndarray, A: np.ndarray) -> float:
     """tr(PP) without forming P (see module docstring)."""
     B = A @ _xtwx(X, w * w)
     C = A @ _xtwx(X, w**3)
@@ -92,7 +91,7 @@ def _trace_PP(X: np.ndarray, w: np.ndarray, A: np.ndarray) -> float:
 
 def q_gen(tau2: float, yi: np.ndarray, vi: np.ndarray, X: np.ndarray) -> float:
     r"""Generalised Q statistic :math:`Q(\tau^2) = \sum_i (y_i - x_i'\hat\beta(\tau^2))^2 / (v_i + \tau^2)`."""
-    return _wls(yi, X, 1.0 / (vi + tau2)).rss
+    return wls(yi, X, 1.0 / (vi + tau2)).rss
 
 
 # --------------------------------------------------------------------------------------------------
@@ -111,7 +110,7 @@ def _q_and_slope(tau2: float, yi, vi, X) -> tuple[float, float]:
     r"""Q(tau2) and its derivative :math:`dQ/d\tau^2 = -\sum_i w_i^2 e_i^2` (the envelope theorem:
     beta-hat minimises the weighted sum of squares, so only the weights' dependence counts)."""
     w = 1.0 / (vi + tau2)
-    fit = _wls(yi, X, w)
+    fit = wls(yi, X, w)
     return fit.rss, -float(np.sum((w * fit.resid) ** 2))
 
 
@@ -147,9 +146,9 @@ def _solve_q_equation(yi, vi, X, target) -> float:
 def _score_and_information(yi, vi, X, tau2, reml: bool) -> tuple[float, float]:
     """Score (times 2) and expected information (times 2) of the (restricted) log-likelihood in tau2."""
     w = 1.0 / (vi + tau2)
-    fit = _wls(yi, X, w)
+    fit = wls(yi, X, w)
     if reml:
-        return np.sum((w * fit.resid) ** 2) - _trace_P(X, w, fit.A), _trace_PP(X, w, fit.A)
+        return np.sum((w * fit.resid) ** 2) - trace_p(X, w, fit.A), trace_pp(X, w, fit.A)
     return np.sum((w * fit.resid) ** 2) - w.sum(), np.sum(w * w)
 
 
@@ -190,7 +189,7 @@ def _fisher_scoring(yi, vi, X, method, tau2_init) -> Tau2Estimate:
 def _loglik(yi, vi, X, tau2, reml: bool) -> float:
     k, p = X.shape
     w = 1.0 / (vi + tau2)
-    fit = _wls(yi, X, w)
+    fit = wls(yi, X, w)
     ll = -0.5 * np.sum(np.log(vi + tau2)) - 0.5 * fit.rss
     if reml:
         _, logdet = np.linalg.slogdet(np.linalg.inv(fit.A))
@@ -235,15 +234,15 @@ def estimate_tau2(yi, vi, X=None, method: str = "REML") -> Tau2Estimate:
         return Tau2Estimate(0.0, 0, True)
     if method == "DL":
         w = 1.0 / vi
-        fit = _wls(yi, X, w)
-        return Tau2Estimate(max(0.0, (fit.rss - (k - p)) / _trace_P(X, w, fit.A)), 0, True)
+        fit = wls(yi, X, w)
+        return Tau2Estimate(max(0.0, (fit.rss - (k - p)) / trace_p(X, w, fit.A)), 0, True)
     if method == "HS":
         w = 1.0 / vi
-        return Tau2Estimate(max(0.0, (_wls(yi, X, w).rss - k) / w.sum()), 0, True)
+        return Tau2Estimate(max(0.0, (wls(yi, X, w).rss - k) / w.sum()), 0, True)
     if method == "SJ":
         tau2_0 = float(np.var(yi))  # var(y) * (k-1)/k, numpy's default ddof=0
         w = 1.0 / (vi + tau2_0)
-        return Tau2Estimate(max(0.0, tau2_0 * _wls(yi, X, w).rss / (k - p)), 0, True)
+        return Tau2Estimate(max(0.0, tau2_0 * wls(yi, X, w).rss / (k - p)), 0, True)
     if method in ("PM", "EB"):
         # metafor's EB iteration has the fixed point Q(tau2) = k - p, the Paule-Mandel equation
         # (Viechtbauer 2005, sec. 2.6); solving it directly cannot oscillate.
@@ -268,7 +267,7 @@ def estimate_tau2(yi, vi, X=None, method: str = "REML") -> Tau2Estimate:
 
 def _tau2_he(yi, vi, X) -> float:
     k, p = X.shape
-    fit = _wls(yi, X, np.ones(k))
+    fit = wls(yi, X, np.ones(k))
     hat = np.einsum("ij,jk,ik->i", X, fit.A, X)
     return (fit.rss - float(np.sum(vi * (1.0 - hat)))) / (k - p)
 
@@ -322,10 +321,7 @@ class MetaFit:
 
     @property
     def crit(self) -> float:
-        alpha = 1.0 - self.level
-        if np.isfinite(self.ddf):
-            return float(stats.t.ppf(1 - alpha / 2, self.ddf)) if self.ddf > 0 else np.nan
-        return float(stats.norm.ppf(1 - alpha / 2))
+        return critical_value(self.level, self.ddf)
 
     def predict(self, x_new=None) -> Prediction:
         """Predicted effect with confidence and prediction interval, as ``metafor::predict``.
@@ -340,16 +336,6 @@ class MetaFit:
         crit = self.crit
         pi_se = np.sqrt(se**2 + self.tau2)
         return Prediction(pred, se, pred - crit * se, pred + crit * se, pred - crit * pi_se, pred + crit * pi_se)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    pred: float
-    se: float
-    ci_lb: float
-    ci_ub: float
-    pi_lb: float
-    pi_ub: float
 
 
 def _as_design(yi, X):
@@ -417,7 +403,7 @@ def random_effects(
     else:
         t2 = estimate_tau2(yi, vi, X, method)
     w = 1.0 / (vi + t2.tau2)
-    fit = _wls(yi, X, w)
+    fit = wls(yi, X, w)
 
     dfr = k - p
     if test == "knha":
@@ -429,35 +415,22 @@ def random_effects(
     se = np.sqrt(np.diag(vb))
     with np.errstate(divide="ignore", invalid="ignore"):
         zval = fit.beta / se
-    if test in ("t", "knha"):
-        ddf = float(dfr)
-        pvals = 2 * stats.t.sf(np.abs(zval), ddf) if ddf > 0 else np.full(p, np.nan)
-        crit = stats.t.ppf(1 - (1 - level) / 2, ddf) if ddf > 0 else np.nan
-    else:
-        ddf = np.inf
-        pvals = 2 * stats.norm.sf(np.abs(zval))
-        crit = stats.norm.ppf(1 - (1 - level) / 2)
+    ddf = float(dfr) if test in ("t", "knha") else np.inf
+    pvals = p_value(zval, ddf)
+    crit = critical_value(level, ddf)
 
     # omnibus test of the moderators (all coefficients except the intercept, when there is one)
     btt = np.arange(1, p) if p > 1 and np.allclose(X[:, 0], 1.0) else np.arange(p)
-    b = fit.beta[btt]
-    QM = float(b @ np.linalg.solve(vb[np.ix_(btt, btt)], b)) if btt.size and np.all(se[btt] > 0) else np.nan
-    m = btt.size
-    if test in ("t", "knha"):
-        QM = QM / m
-        QM_df = (float(m), ddf)
-        QM_pval = float(stats.f.sf(QM, m, ddf)) if ddf > 0 else np.nan
-    else:
-        QM_df = (float(m), np.inf)
-        QM_pval = float(stats.chi2.sf(QM, m))
+    omnibus = wald_test(fit.beta[btt], vb[np.ix_(btt, btt)], ddf)
+    QM, QM_df, QM_pval = omnibus.QM, omnibus.QM_df, omnibus.QM_pval
 
     # heterogeneity, always with inverse-variance weights of the equal-effects model
     if dfr > 0:
         w0 = 1.0 / vi
-        fit0 = _wls(yi, X, w0)
+        fit0 = wls(yi, X, w0)
         QE = max(0.0, fit0.rss)
         QE_pval = float(stats.chi2.sf(QE, dfr))
-        vt = dfr / _trace_P(X, w0, fit0.A)
+        vt = dfr / trace_p(X, w0, fit0.A)
         if method == "FE":
             I2 = max(0.0, 100.0 * (QE - dfr) / QE) if QE > 0 else 0.0
             H2 = QE / dfr
@@ -546,104 +519,3 @@ def confint_tau2(fit: MetaFit, level: float | None = None) -> HeterogeneityCI:
         return t2 / vt + 1.0
 
     return HeterogeneityCI(fit.tau2, lb, ub, fit.I2, i2(lb), i2(ub), fit.H2, h2(lb), h2(ub))
-
-
-# --------------------------------------------------------------------------------------------------
-# the random-effects table of the pipeline (SPEC §5)
-# --------------------------------------------------------------------------------------------------
-
-RANDOM_EFFECTS_COLUMNS = (
-    "estimator", "test", "k", "estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "pi_lb", "pi_ub",
-    "tau2", "tau2_ci_lb", "tau2_ci_ub", "I2", "I2_ci_lb", "I2_ci_ub", "H2", "Q", "Q_df", "Q_pval",
-    "r", "r_ci_lb", "r_ci_ub", "r_pi_lb", "r_pi_ub",
-)  # fmt: skip
-
-
-def _note(fit: MetaFit, requested_test: str) -> str:
-    """Plain-language caveats for degenerate but valid data, written next to the numbers."""
-    notes = []
-    if fit.k == 1:
-        notes.append("k = 1: the single effect size is reported; no heterogeneity can be estimated")
-        if requested_test != fit.test:
-            notes.append(f"test {requested_test!r} needs k > 1, so the z test is used")
-    elif fit.k == 2:
-        notes.append("k = 2: tau^2 is barely estimable and t-based intervals are very wide")
-    if fit.method != "FE" and fit.k > 1 and fit.tau2 == 0.0:
-        notes.append("tau^2 estimated at 0: the random-effects results equal the equal-effects results")
-    return "; ".join(notes)
-
-
-def _heterogeneity_ci(fit: MetaFit) -> HeterogeneityCI:
-    """Q-profile intervals, or NaN bounds where tau^2 is not estimated (FE) or not estimable (k = p)."""
-    if fit.method == "FE" or fit.k - fit.p < 1:
-        return HeterogeneityCI(fit.tau2, np.nan, np.nan, fit.I2, np.nan, np.nan, fit.H2, np.nan, np.nan)
-    return confint_tau2(fit)
-
-
-def summary_row(fit: MetaFit, requested_test: str | None = None, het: HeterogeneityCI | None = None) -> dict:
-    """One row of ``random_effects.csv`` for an intercept-only fit (Fisher-z scale plus r).
-
-    ``requested_test`` is the test named in the config; it labels the row even when the model had to
-    fall back (k = 1), and the trailing ``note`` says so.  ``het`` passes heterogeneity intervals
-    already computed for the same data and estimator (they do not depend on the test).
-    """
-    requested_test = fit.test if requested_test is None else requested_test
-    pred = fit.predict()
-    het = _heterogeneity_ci(fit) if het is None else het
-    return {
-        "estimator": fit.method,
-        "test": requested_test,
-        "k": fit.k,
-        "estimate": fit.estimate,
-        "se": float(fit.se[0]),
-        "stat": float(fit.stat_values[0]),
-        "pval": float(fit.pvals[0]),
-        "ci_lb": float(fit.ci_lbs[0]),
-        "ci_ub": float(fit.ci_ubs[0]),
-        "pi_lb": pred.pi_lb,
-        "pi_ub": pred.pi_ub,
-        "tau2": fit.tau2,
-        "tau2_ci_lb": het.tau2_ci_lb,
-        "tau2_ci_ub": het.tau2_ci_ub,
-        "I2": fit.I2,
-        "I2_ci_lb": het.I2_ci_lb,
-        "I2_ci_ub": het.I2_ci_ub,
-        "H2": fit.H2,
-        "Q": fit.QE if fit.QE_df > 0 else np.nan,
-        "Q_df": fit.QE_df,
-        "Q_pval": fit.QE_pval if fit.QE_df > 0 else np.nan,
-        "r": float(np.tanh(fit.estimate)),
-        "r_ci_lb": float(np.tanh(fit.ci_lbs[0])),
-        "r_ci_ub": float(np.tanh(fit.ci_ubs[0])),
-        "r_pi_lb": float(np.tanh(pred.pi_lb)),
-        "r_pi_ub": float(np.tanh(pred.pi_ub)),
-        "note": _note(fit, requested_test),
-    }
-
-
-def random_effects_table(yi, vi, estimators=("REML",), tests=("knha",), level: float = 0.95):
-    """Fit every (estimator, test) pair and return the SPEC §5 ``random_effects.csv`` table."""
-    import pandas as pd
-
-    rows = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the k = 1 fallback is explained in the table's note column
-        for m in estimators:
-            # tau^2 and its Q-profile interval depend on the estimator, not on the test: compute them once
-            tau2 = het = None
-            for t in tests:
-                fit = random_effects(yi, vi, method=m, test=t, level=level, tau2=tau2)
-                tau2 = fit.tau2 if tau2 is None else tau2
-                het = _heterogeneity_ci(fit) if het is None else het
-                rows.append(summary_row(fit, t, het))
-    return pd.DataFrame(rows, columns=[*RANDOM_EFFECTS_COLUMNS, "note"])
-
-
-def write_random_effects(studies, table, estimators=("REML",), tests=("knha",), level: float = 0.95) -> None:
-    """Read a processed study table (``study, yi, vi, ...``) and write ``random_effects.csv``."""
-    import pandas as pd
-
-    from alliancemeta.core.tables import write_csv
-
-    frame = pd.read_csv(studies)
-    write_csv(random_effects_table(frame["yi"], frame["vi"], estimators, tests, level), table)

@@ -13,28 +13,37 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from alliancemeta.core.errors import ModelError
 from alliancemeta.studies.random_effects import MetaFit, random_effects
 
-MODERATOR_COLUMNS = ("moderator", "term", "estimate", "se", "stat", "pval", "ci_lb", "ci_ub")
-MODERATOR_TEST_COLUMNS = (
-    "moderator", "test", "k", "QM", "QM_df", "QM_pval", "QE", "QE_df", "QE_pval", "tau2", "R2",
-)  # fmt: skip
-SUBGROUP_COLUMNS = ("moderator", "level", "k", "estimate", "se", "ci_lb", "ci_ub", "tau2", "I2", "r", "r_ci_lb",
-                    "r_ci_ub")
 
-
-class ModeratorError(ValueError):
+class ModeratorError(ModelError):
     """A moderator cannot be analysed (constant, collinear, too few effects); the message says why."""
 
 
 @dataclass(frozen=True)
 class Design:
+    """A design matrix with R's term names; ``numeric`` marks the columns of numeric moderators."""
+
     X: np.ndarray
     terms: list[str]
     rows: np.ndarray  # boolean mask of rows used
     single_levels: list[str]  # "moderator=level" for levels observed in a single effect size
+    numeric: np.ndarray  # (p,) bool: column holds a numeric moderator (as opposed to the intercept or a dummy)
+
+    def centred(self) -> tuple[np.ndarray, np.ndarray]:
+        r"""The design with numeric columns centred at their means, and the map back to this design's coefficients.
+
+        With :math:`X_c = X - 1c'` on the numeric columns (c their means), :math:`X_c b_c = X b` for
+        :math:`b = T b_c`, :math:`T = I - e_1 c'`: only the intercept changes (to the effect at the
+        moderators' means).  Samplers work on :math:`b_c` (intercept and slopes nearly uncorrelated).
+        """
+        centre = np.where(self.numeric, self.X.mean(axis=0), 0.0)
+        T = np.eye(self.X.shape[1])
+        T[0, :] -= centre
+        T[0, 0] = 1.0
+        return self.X - centre, T
 
 
 def is_categorical(values: pd.Series) -> bool:
@@ -46,7 +55,7 @@ def design_matrix(frame: pd.DataFrame, moderators: Sequence[str]) -> Design:
     moderators = list(moderators)
     rows = frame[moderators].notna().all(axis=1).to_numpy()
     used = frame.loc[rows]
-    columns, terms, single = [np.ones(int(rows.sum()))], ["intrcpt"], []
+    columns, terms, single, numeric = [np.ones(int(rows.sum()))], ["intrcpt"], [], [False]
     for mod in moderators:
         values = used[mod]
         if is_categorical(values):
@@ -58,17 +67,19 @@ def design_matrix(frame: pd.DataFrame, moderators: Sequence[str]) -> Design:
             for level in levels[1:]:
                 columns.append((values.astype(str) == level).to_numpy(dtype=float))
                 terms.append(f"{mod}{level}")
+                numeric.append(False)
         else:
             x = values.to_numpy(dtype=float)
             if np.ptp(x) == 0:
                 raise ModeratorError(f"moderator {mod!r} is constant ({x[0]:g}) among the rows analysed")
             columns.append(x)
             terms.append(mod)
+            numeric.append(True)
     X = np.column_stack(columns)
     if np.linalg.matrix_rank(X) < X.shape[1]:
         raise ModeratorError(f"moderators {', '.join(moderators)} are collinear: some terms are linear "
                              "combinations of others; analyse them separately")
-    return Design(X, terms, rows, single)
+    return Design(X, terms, rows, single, np.asarray(numeric, dtype=bool))
 
 
 def r_squared(fit: MetaFit) -> float:
@@ -120,95 +131,3 @@ def fit_moderators(frame: pd.DataFrame, moderators: Sequence[str], method: str =
     return ModeratorFit("+".join(moderators), design, fit, int((~design.rows).sum()))
 
 
-def _note(mf: ModeratorFit) -> str:
-    notes = []
-    if mf.n_dropped:
-        notes.append(f"{mf.n_dropped} effect size(s) with a missing value dropped")
-    if mf.design.single_levels:
-        notes.append("level(s) with a single effect size: " + ", ".join(mf.design.single_levels))
-    return "; ".join(notes)
-
-
-def moderator_tables(frame: pd.DataFrame, moderators: Sequence[str], method: str = "REML",
-                     tests: Sequence[str] = ("knha",), level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``moderators.csv`` and ``moderator_tests.csv`` (SPEC §5): each moderator alone, then all together.
-
-    Coefficients are reported for the headline test (``tests[0]``, named in a trailing ``test``
-    column); omnibus tests for every test.  A moderator that cannot be analysed gets a test row with
-    NaN statistics and the reason in the trailing ``note`` column, never a silent gap.
-    """
-    models = [[m] for m in moderators]
-    if len(moderators) > 1:
-        models.append(list(moderators))
-    coef_rows, test_rows = [], []
-    for mods in models:
-        name = "+".join(mods)
-        for t_index, test in enumerate(tests):
-            try:
-                mf = fit_moderators(frame, mods, method, test, level)
-            except ModeratorError as err:
-                test_rows.append({"moderator": name, "test": test, "note": str(err)})
-                continue
-            fit = mf.fit
-            test_rows.append({
-                "moderator": name, "test": test, "k": fit.k, "QM": fit.QM, "QM_df": fit.QM_df[0],
-                "QM_pval": fit.QM_pval, "QE": fit.QE, "QE_df": fit.QE_df, "QE_pval": fit.QE_pval, "tau2": fit.tau2,
-                "R2": r_squared(fit), "QM_ddf": fit.QM_df[1], "n_dropped": mf.n_dropped, "note": _note(mf),
-            })
-            if t_index == 0:
-                for j, term in enumerate(mf.design.terms):
-                    coef_rows.append({
-                        "moderator": name, "term": term, "estimate": fit.beta[j], "se": fit.se[j],
-                        "stat": fit.stat_values[j], "pval": fit.pvals[j], "ci_lb": fit.ci_lbs[j],
-                        "ci_ub": fit.ci_ubs[j], "test": test,
-                    })
-    coefs = pd.DataFrame(coef_rows, columns=[*MODERATOR_COLUMNS, "test"])
-    tests_frame = pd.DataFrame(test_rows, columns=[*MODERATOR_TEST_COLUMNS, "QM_ddf", "n_dropped", "note"])
-    return coefs, tests_frame
-
-
-def subgroup_table(frame: pd.DataFrame, moderators: Sequence[str], method: str = "REML", test: str = "knha",
-                   level: float = 0.95) -> pd.DataFrame:
-    """Separate random-effects models within each level of each categorical moderator.
-
-    Each row also carries the between-subgroup test computed as the heterogeneity Q of an
-    equal-effects model fitted to the subgroup estimates and their standard errors (Borenstein et al.
-    2009, ch. 19, "separate tau^2" approach), with df = levels - 1.  Subgroups with a single effect
-    size are reported without heterogeneity.
-    """
-    rows = []
-    for mod in moderators:
-        values = frame[mod]
-        if not is_categorical(values.dropna()):
-            continue
-        est, ses = [], []
-        for lv in sorted(values.dropna().astype(str).unique()):
-            sub = frame.loc[values.astype(str) == lv]
-            fit = random_effects(sub["yi"], sub["vi"], method=method if len(sub) > 1 else "FE",
-                                 test=test if len(sub) > 1 else "z", level=level)
-            est.append(fit.estimate)
-            ses.append(float(fit.se[0]))
-            rows.append({
-                "moderator": mod, "level": lv, "k": fit.k, "estimate": fit.estimate, "se": fit.se[0],
-                "ci_lb": fit.ci_lbs[0], "ci_ub": fit.ci_ubs[0], "tau2": fit.tau2, "I2": fit.I2,
-                "r": np.tanh(fit.estimate), "r_ci_lb": np.tanh(fit.ci_lbs[0]), "r_ci_ub": np.tanh(fit.ci_ubs[0]),
-            })
-        if len(est) > 1:
-            between = random_effects(np.array(est), np.array(ses) ** 2, method="FE")
-            for row in rows:
-                if row["moderator"] == mod:
-                    row.update(Q_between=between.QE, Q_between_df=between.QE_df,
-                               Q_between_pval=float(stats.chi2.sf(between.QE, between.QE_df)))
-    return pd.DataFrame(rows, columns=[*SUBGROUP_COLUMNS, "Q_between", "Q_between_df", "Q_between_pval"])
-
-
-def write_moderators(studies, coefficients, tests_table, subgroups, moderators: Sequence[str] = (),
-                     method: str = "REML", tests: Sequence[str] = ("knha",), level: float = 0.95) -> None:
-    """Pipeline entry: read a processed study table, write the three moderator tables."""
-    from alliancemeta.core.tables import write_csv
-
-    frame = pd.read_csv(studies)
-    coefs, omnibus = moderator_tables(frame, moderators, method, tests, level)
-    write_csv(coefs, coefficients)
-    write_csv(omnibus, tests_table)
-    write_csv(subgroup_table(frame, moderators, method, tests[0], level), subgroups)

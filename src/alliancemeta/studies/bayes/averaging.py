@@ -25,21 +25,18 @@ models.  The publication-bias (selection) component of RoBMA is not included.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
-from alliancemeta.core.tables import write_csv
-from alliancemeta.studies.bayes.priors import DEFAULT_SENSITIVITY_PRIORS, MetaPriors, as_priors, informative_mu_prior
+from alliancemeta.studies.bayes.priors import as_priors
 from alliancemeta.studies.bayes.quadrature import (
     QUANTILE_XTOL,
-    SENSITIVITY_COLUMNS,
-    _as_arrays,
+    as_arrays,
     exact_posterior,
     integrate_over_tau,
-    prior_sensitivity,
 )
 
 MODELS = ("fixed_null", "fixed", "random_null", "random")
@@ -100,7 +97,7 @@ def model_averaging(yi, vi, priors, prior_prob: Sequence[float] | None = None, l
         probability (``post_prob``), the inclusion Bayes factor and its log (in ``log_evidence``);
         columns :data:`AVERAGING_COLUMNS`.
     """
-    yi, vi, _ = _as_arrays(yi, vi, None)
+    yi, vi, _ = as_arrays(yi, vi, None)
     pri = as_priors(priors)
     prior_prob = np.full(4, 0.25) if prior_prob is None else np.asarray(prior_prob, dtype=float)
     if prior_prob.shape != (4,) or np.any(prior_prob < 0) or not np.isclose(prior_prob.sum(), 1.0):
@@ -169,18 +166,3 @@ def model_averaging(yi, vi, priors, prior_prob: Sequence[float] | None = None, l
     return pd.DataFrame(rows).reindex(columns=list(AVERAGING_COLUMNS))
 
 
-def write_exact_tables(studies, sensitivity, averaging, *, bayes: Mapping, level: float = 0.95) -> None:
-    """The exact-path tables of one dataset: ``prior_sensitivity.csv`` and ``bayes_model_averaging.csv``.
-
-    ``bayes`` is the config section: ``prior_mu``, ``prior_tau``, ``sensitivity_priors`` (default
-    :data:`~alliancemeta.studies.bayes.priors.DEFAULT_SENSITIVITY_PRIORS`) and ``informative_mu`` (default
-    :func:`~alliancemeta.studies.bayes.priors.informative_mu_prior`; ``null`` leaves it out).
-    """
-    frame = pd.read_csv(studies)
-    yi, vi = frame["yi"].to_numpy(dtype=float), frame["vi"].to_numpy(dtype=float)
-    priors = MetaPriors.from_config(bayes)
-    sens = prior_sensitivity(yi, vi, priors, bayes.get("sensitivity_priors", DEFAULT_SENSITIVITY_PRIORS),
-                             informative_mu_prior(bayes), level)
-    bma = model_averaging(yi, vi, priors, level=level)
-    write_csv(sens, sensitivity, SENSITIVITY_COLUMNS)
-    write_csv(bma, averaging, AVERAGING_COLUMNS)

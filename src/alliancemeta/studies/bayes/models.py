@@ -40,7 +40,7 @@ import pandas as pd
 import pymc as pm
 
 from alliancemeta.studies.bayes.priors import as_priors
-from alliancemeta.studies.bayes.quadrature import _as_arrays
+from alliancemeta.studies.bayes.quadrature import as_arrays
 
 #: Parameters reported in tables and checked for convergence, in table order (``b`` is per term).
 REPORTED = ("mu", "b", "tau", "sigma_study", "sigma_within", "r", "theta_new")
@@ -97,7 +97,7 @@ def build_meta_model(
     -------
     pymc.Model
     """
-    yi, vi, Xa = _as_arrays(yi, vi, X)
+    yi, vi, Xa = as_arrays(yi, vi, X)
     pri = as_priors(priors)
     k, p = Xa.shape
     intercept_only = X is None

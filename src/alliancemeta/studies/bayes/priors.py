@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special, stats
 
+from alliancemeta.core.errors import ConfigError
+
 #: Distribution families allowed for each parameter.
 MU_DISTS = ("normal",)
 TAU_DISTS = ("halfnormal", "halfcauchy", "halfstudent_t", "inversegamma", "uniform")
@@ -56,17 +58,8 @@ _DISPLAY = {
     "uniform": "Uniform",
 }
 
-#: Default prior-sensitivity set for tau (config ``bayes.sensitivity_priors``): the SPEC default,
-#: a heavier-tailed half-Cauchy, the RoBMA/metaBMA inverse-gamma on Fisher z, and a bounded uniform.
-DEFAULT_SENSITIVITY_PRIORS: tuple[dict, ...] = (
-    {"dist": "halfnormal", "sigma": 0.5},
-    {"dist": "halfcauchy", "beta": 0.3},
-    {"dist": "inversegamma", "alpha": 1.0, "beta": 0.075},
-    {"dist": "uniform", "lower": 0.0, "upper": 2.0},
-)
 
-
-class PriorError(ValueError):
+class PriorError(ConfigError):
     """A prior specification in the config is invalid; the message names the config key."""
 
 
@@ -285,10 +278,9 @@ class MetaPriors:
 
     @classmethod
     def from_config(cls, bayes: Mapping) -> MetaPriors:
-        """Priors from the ``bayes`` config section (keys ``prior_mu`` and ``prior_tau``)."""
-        mu = parse_prior(bayes.get("prior_mu", {"dist": "normal", "mu": 0.0, "sigma": 1.0}),
-                         "bayes.prior_mu", MU_DISTS)
-        tau = parse_prior(bayes.get("prior_tau", {"dist": "halfnormal", "sigma": 0.5}), "bayes.prior_tau", TAU_DISTS)
+        """Priors from the ``bayes`` config section (keys ``prior_mu`` and ``prior_tau``, both required)."""
+        mu = parse_prior(bayes["prior_mu"], "bayes.prior_mu", MU_DISTS)
+        tau = parse_prior(bayes["prior_tau"], "bayes.prior_tau", TAU_DISTS)
         return cls(mu, tau)
 
 
@@ -331,11 +323,7 @@ def normal_prior_from_pooled(r: float, ci_lb: float, ci_ub: float, earlier_r: Se
 #: :func:`normal_prior_from_pooled`): Horvath & Symonds 1991; Martin et al. 2000; Horvath et al. 2011;
 #: Flückiger et al. 2018 (the last with its 95% CI).
 EARLIER_ALLIANCE_R = (0.26, 0.22, 0.275, 0.278)
-FLUCKIGER_2018 = (0.278, 0.256, 0.299)
+#: The most recent pooled estimate with its 95% CI (Flückiger et al. 2018, three-level REML).
+POOLED_2018 = (0.278, 0.256, 0.299)
 
 
-def informative_mu_prior(bayes: Mapping) -> Mapping | None:
-    """Config ``bayes.informative_mu``, or when absent the prior derived from earlier alliance meta-analyses."""
-    if "informative_mu" in bayes:
-        return bayes["informative_mu"]
-    return normal_prior_from_pooled(*FLUCKIGER_2018, earlier_r=EARLIER_ALLIANCE_R).as_config()

@@ -42,12 +42,13 @@ e.g. against the equal-effects model :math:`p(y \mid \tau = 0)`.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 from scipy import optimize, special, stats
 
+from alliancemeta.core.errors import AllianceMetaError
 from alliancemeta.studies.bayes.priors import MU_DISTS, TAU_DISTS, MetaPriors, as_priors, parse_prior
 
 #: The quadrature range keeps every tau whose integrand (in log tau) is within exp(-LOG_DROP) of the
@@ -80,7 +81,7 @@ _GH_X, _GH_W = np.polynomial.hermite_e.hermegauss(N_GH)
 _GH_W = _GH_W / np.sqrt(2.0 * np.pi)
 
 
-class QuadratureError(RuntimeError):
+class QuadratureError(AllianceMetaError, RuntimeError):
     """The posterior could not be located or integrated (e.g. it is improper)."""
 
 
@@ -274,12 +275,23 @@ class ExactPosterior:
         """
         return pd.DataFrame([self._row(name, level, thresholds) for name in self.parameters()])
 
+    def linear_map(self, T: np.ndarray, terms: Sequence[str] | None = None) -> ExactPosterior:
+        r"""The posterior of :math:`\gamma = T\beta`: conditional moments :math:`T m` and :math:`T C T'` per node.
+
+        Exact, because the conditional posterior of :math:`\beta` given tau is normal.  Used to report
+        uncentred coefficients from a model fitted with centred moderators.
+        """
+        T = np.asarray(T, dtype=float)
+        mean = self.mean @ T.T
+        cov = np.einsum("ij,njk,lk->nil", T, self.cov, T)
+        return replace(self, mean=mean, cov=cov, terms=self.terms if terms is None else tuple(terms))
+
     def log_bayes_factor_fe(self) -> float:
         r"""Log Bayes factor of random over equal effects, :math:`\log p(y) - \log p(y \mid \tau = 0)`."""
         return self.log_evidence - self.log_evidence_fe
 
 
-def _as_arrays(yi, vi, X):
+def as_arrays(yi, vi, X):
     yi = np.asarray(yi, dtype=float)
     vi = np.asarray(vi, dtype=float)
     if yi.ndim != 1 or yi.shape != vi.shape or yi.size == 0:
@@ -316,7 +328,7 @@ def exact_posterior(yi, vi, priors, X=None, terms: Sequence[str] | None = None) 
     ExactPosterior
         See the module docstring for the formulas.  Runs in ~10 ms at k = 300.
     """
-    yi, vi, X = _as_arrays(yi, vi, X)
+    yi, vi, X = as_arrays(yi, vi, X)
     pri = as_priors(priors)
     if pri.mu.dist != "normal":
         raise ValueError("exact_posterior needs a normal prior on mu (conjugacy)")

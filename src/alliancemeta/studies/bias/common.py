@@ -10,7 +10,7 @@ import numpy as np
 MIN_K = 3
 
 
-def _arrays(yi, vi):
+def as_arrays(yi, vi):
     yi = np.asarray(yi, dtype=float)
     vi = np.asarray(vi, dtype=float)
     if yi.shape != vi.shape or yi.ndim != 1:
@@ -22,6 +22,6 @@ def _arrays(yi, vi):
     return yi, vi
 
 
-def _require_k(k: int, what: str, minimum: int = MIN_K) -> None:
+def require_k(k: int, what: str, minimum: int = MIN_K) -> None:
     if k < minimum:
         raise ValueError(f"{what} needs at least {minimum} effect sizes; got k = {k}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from alliancemeta.studies.bias.common import _arrays, _require_k
+from alliancemeta.studies.bias.common import as_arrays, require_k
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,9 @@ def fsn_rosenthal(yi, vi, alpha: float = 0.05) -> FailSafeN:
     :math:`p = \alpha`, rounded up (metafor: rounded when within :math:`\sqrt{\epsilon}` of an
     integer).
     """
-    yi, vi = _arrays(yi, vi)
+    yi, vi = as_arrays(yi, vi)
     k = yi.size
-    _require_k(k, "the fail-safe N", 1)
+    require_k(k, "the fail-safe N", 1)
     z_avg = abs(np.sum(yi / np.sqrt(vi)) / np.sqrt(k))
     pval = float(stats.norm.sf(z_avg))
     n = max(0.0, k * (z_avg / stats.norm.isf(alpha)) ** 2 - k)

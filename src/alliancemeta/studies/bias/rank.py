@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from alliancemeta.studies.bias.common import _arrays, _require_k
+from alliancemeta.studies.bias.common import as_arrays, require_k
 
 #: R computes Kendall's exact null distribution with counts up to n! in double precision, which
 #: overflows from n = 171 on (R then returns NaN).  Up to this n the exact p-value is used, as R
@@ -68,9 +68,9 @@ def ranktest(yi, vi) -> RankTest:
     the normal branch.  Beyond k = 170 without ties R returns NaN; the normal approximation is
     used there instead (a documented, deliberate difference).
     """
-    yi, vi = _arrays(yi, vi)
+    yi, vi = as_arrays(yi, vi)
     n = yi.size
-    _require_k(n, "the rank correlation test")
+    require_k(n, "the rank correlation test")
     wi = 1.0 / vi
     theta = float(np.sum(wi * yi) / np.sum(wi))
     vstar = vi - 1.0 / np.sum(wi)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from alliancemeta.studies.bias.common import _arrays, _require_k
+from alliancemeta.core.inference import critical_value, p_value
+from alliancemeta.studies.bias.common import as_arrays, require_k
 from alliancemeta.studies.random_effects import MetaFit, random_effects
 
 # --------------------------------------------------------------------------------------------------
@@ -45,7 +46,7 @@ def regtest(fit: MetaFit) -> RegTest:
     The meta-regression on the standard error uses the estimator, test and level of ``fit``, so
     with ``test="knha"`` the statistic is a t with k - 2 degrees of freedom.
     """
-    _require_k(fit.k, "Egger's regression test")
+    require_k(fit.k, "Egger's regression test")
     if fit.p != 1:
         raise ValueError("Egger's test here takes an intercept-only model")
     X = np.column_stack([np.ones(fit.k), np.sqrt(fit.vi)])
@@ -92,7 +93,7 @@ class WLSRegression:
 
 def _wls_lm(yi, vi, z, level: float, predictor: str) -> WLSRegression:
     k = yi.size
-    _require_k(k, f"the WLS regression on {predictor}")
+    require_k(k, f"the WLS regression on {predictor}")
     X = np.column_stack([np.ones(k), z])
     w = 1.0 / vi
     XtW = X.T * w
@@ -103,8 +104,8 @@ def _wls_lm(yi, vi, z, level: float, predictor: str) -> WLSRegression:
     sigma2 = float(np.sum(w * e * e) / df)
     se = np.sqrt(sigma2 * np.diag(A))
     t = b / se
-    p = 2 * stats.t.sf(np.abs(t), df)
-    crit = stats.t.ppf(1 - (1 - level) / 2, df)
+    p = p_value(t, df)
+    crit = critical_value(level, df)
     return WLSRegression(
         intercept=float(b[0]),
         se=float(se[0]),
@@ -124,13 +125,13 @@ def _wls_lm(yi, vi, z, level: float, predictor: str) -> WLSRegression:
 
 def pet(yi, vi, level: float = 0.95) -> WLSRegression:
     r"""Precision-effect test: ``lm(yi ~ sqrt(vi), weights = 1/vi)`` (Stanley & Doucouliagos 2014, eq. 1)."""
-    yi, vi = _arrays(yi, vi)
+    yi, vi = as_arrays(yi, vi)
     return _wls_lm(yi, vi, np.sqrt(vi), level, "sei")
 
 
 def peese(yi, vi, level: float = 0.95) -> WLSRegression:
     r"""Precision-effect estimate with standard error: ``lm(yi ~ vi, weights = 1/vi)`` (ibid., eq. 2)."""
-    yi, vi = _arrays(yi, vi)
+    yi, vi = as_arrays(yi, vi)
     return _wls_lm(yi, vi, vi, level, "vi")
 
 

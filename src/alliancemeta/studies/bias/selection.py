@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from alliancemeta.studies.bias.common import _require_k
-from alliancemeta.studies.random_effects import ConvergenceError, MetaFit, random_effects
+from alliancemeta.core.errors import ConvergenceError
+from alliancemeta.core.inference import critical_value, p_value
+from alliancemeta.studies.bias.common import require_k
+from alliancemeta.studies.random_effects import MetaFit, random_effects
 
 #: Bounds on the selection weights, metafor's ``delta.min``/``delta.max`` for ``stepfun``.
 DELTA_MIN, DELTA_MAX = 0.0, 100.0
@@ -253,7 +255,7 @@ def selmodel_stepfun(fit: MetaFit, steps=(0.025,), alternative: str = "greater")
     if alternative != "greater":
         raise ValueError("only alternative='greater' (selection for significant positive effects) is implemented")
     k = fit.k
-    _require_k(k, "the selection model")
+    require_k(k, "the selection model")
     steps = np.unique(np.asarray(steps, dtype=float))
     if np.any((steps <= 0) | (steps > 1)):
         raise ValueError("steps must lie in (0, 1]")
@@ -287,7 +289,7 @@ def selmodel_stepfun(fit: MetaFit, steps=(0.025,), alternative: str = "greater")
     beta, tau2, delta = lik.split(theta)
     se_all = np.sqrt(np.diag(vcov))
     se = se_all[:p]
-    crit = stats.norm.ppf(1 - (1 - fit.level) / 2)
+    crit = critical_value(fit.level)
     zval = beta / se
     se_tau2 = np.nan if fe else float(se_all[p])
     se_delta = np.concatenate([[np.nan], se_all[p + (0 if fe else 1) :]])
@@ -307,7 +309,7 @@ def selmodel_stepfun(fit: MetaFit, steps=(0.025,), alternative: str = "greater")
         beta=float(beta[0]),
         se=float(se[0]),
         zval=float(zval[0]),
-        pval=float(2 * stats.norm.sf(abs(zval[0]))),
+        pval=float(p_value(zval[0])),
         ci_lb=float(beta[0] - crit * se[0]),
         ci_ub=float(beta[0] + crit * se[0]),
         tau2=float(tau2),

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from alliancemeta.studies.bias.common import _require_k
-from alliancemeta.studies.random_effects import ConvergenceError, MetaFit, random_effects
+from alliancemeta.core.errors import ConvergenceError
+from alliancemeta.studies.bias.common import require_k
+from alliancemeta.studies.random_effects import MetaFit, random_effects
 
 TRIMFILL_MAX_ITER = 100  # metafor's default maxiter
 
@@ -67,7 +68,7 @@ def trimfill(fit: MetaFit, estimator: str = "L0", side: str | None = None) -> Tr
     if fit.p != 1:
         raise ValueError("trim and fill is only defined for models without moderators")
     k = fit.k
-    _require_k(k, "trim and fill", 2)
+    require_k(k, "trim and fill", 2)
     yi, vi = fit.yi, fit.vi
     if side is None:
         X = np.column_stack([np.ones(k), np.sqrt(vi)])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from alliancemeta.studies.influence.diagnostics import RefitSeries, _require_intercept_only
+from alliancemeta.studies.influence.diagnostics import RefitSeries, require_intercept_only
 from alliancemeta.studies.random_effects import MetaFit, random_effects
 
 
@@ -26,7 +26,7 @@ def cumul(fit: MetaFit, order=None) -> Cumulative:
     effect size is tested with ``z``, as metafor does when k = 1.  The steps are separate fits of
     growing data (k small fits, O(k^2) in total), which is fast for any realistic k.
     """
-    _require_intercept_only(fit, "cumul")
+    require_intercept_only(fit, "cumul")
     k = fit.k
     if order is None:
         perm = np.arange(k)

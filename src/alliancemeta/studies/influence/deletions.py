@@ -48,7 +48,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from alliancemeta.studies.random_effects import ConvergenceError, MetaFit
+from alliancemeta.core.errors import ConvergenceError
+from alliancemeta.studies.random_effects import MetaFit
 
 #: Largest scaled distance |d| = |t - c| / (min v + c) at which a deletion's sums use the power
 #: series; the series then needs at most :data:`SERIES_MAX_TERMS` terms.  Farther deletions are

@@ -12,17 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from alliancemeta.core.inference import critical_value, p_value
 from alliancemeta.studies.influence.deletions import DeletionFits, deletion_fits
 from alliancemeta.studies.random_effects import MetaFit
-
-
-def _crit(level: float, ddf: float) -> float:
-    alpha = 1.0 - level
-    return float(stats.t.ppf(1 - alpha / 2, ddf) if np.isfinite(ddf) else stats.norm.ppf(1 - alpha / 2))
-
-
-def _pvalues(stat: np.ndarray, ddf: float) -> np.ndarray:
-    return 2 * (stats.t.sf(np.abs(stat), ddf) if np.isfinite(ddf) else stats.norm.sf(np.abs(stat)))
 
 
 def _i2_h2(method: str, tau2, vt, QE, df):
@@ -60,7 +52,7 @@ class LeaveOneOut(RefitSeries):
     """``metafor::leave1out``: the pooled effect with each effect size left out in turn."""
 
 
-def _require_intercept_only(fit: MetaFit, what: str) -> None:
+def require_intercept_only(fit: MetaFit, what: str) -> None:
     if fit.p != 1 or not np.allclose(fit.X[:, 0], 1.0):
         raise ValueError(f"{what} is defined for intercept-only models (no moderators), as in metafor")
 
@@ -73,19 +65,19 @@ def leave1out(fit: MetaFit, deleted: DeletionFits | None = None) -> LeaveOneOut:
     :math:`\tau^2`, :math:`I^2` and :math:`H^2` of the reduced data (definitions as
     :func:`alliancemeta.studies.random_effects.random_effects`).  Computed by :func:`deletion_fits`.
     """
-    _require_intercept_only(fit, "leave1out")
+    require_intercept_only(fit, "leave1out")
     d = deletion_fits(fit) if deleted is None else deleted
     est = d.beta[:, 0]
     se = np.sqrt(d.vb[:, 0, 0])
     with np.errstate(divide="ignore", invalid="ignore"):
         stat = est / se
-    crit = _crit(fit.level, d.ddf)
+    crit = critical_value(fit.level, d.ddf)
     I2, H2 = _i2_h2(fit.method, d.tau2, d.vt, d.QE, d.QE_df)
     return LeaveOneOut(
         estimate=est,
         se=se,
         stat=stat,
-        pval=_pvalues(stat, d.ddf),
+        pval=p_value(stat, d.ddf),
         ci_lb=est - crit * se,
         ci_ub=est + crit * se,
         Q=d.QE,

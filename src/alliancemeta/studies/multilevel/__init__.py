@@ -28,64 +28,11 @@ linearisation with Satterthwaite degrees of freedom (Bell & McCaffrey 2002, *Sur
 169-181; Tipton 2015, *Psychol Methods* 20, 375-393; Pustejovsky & Tipton 2018, *J Bus Econ Stat*
 36, 672-683), as ``metafor::robust(fit, cluster, clubSandwich = TRUE)`` computes it.
 
-Modules (each imports only those above it; this package re-exports their names):
+Modules (each imports only those above it; import names from the module that defines them):
 
 - :mod:`~alliancemeta.studies.multilevel.clusters`  rows grouped by cluster (:class:`Clusters`)
 - :mod:`~alliancemeta.studies.multilevel.model`  the O(k) restricted likelihood, its optimiser and :func:`three_level`
 - :mod:`~alliancemeta.studies.multilevel.robust`  CR2 cluster-robust inference (:func:`robust_cr2`)
 - :mod:`~alliancemeta.studies.multilevel.aggregate`  aggregation of dependent effects within studies
-- :mod:`~alliancemeta.studies.multilevel.tables`  the ``multilevel.csv`` table, the aggregated random-effects table
-  and their pipeline writers
+- :mod:`~alliancemeta.studies.multilevel.influence`  leave-one-study-out diagnostics of the three-level model
 """
-
-from __future__ import annotations
-
-from alliancemeta.studies.multilevel.aggregate import Aggregated, aggregate_within_studies
-from alliancemeta.studies.multilevel.clusters import Clusters, group_clusters
-from alliancemeta.studies.multilevel.model import (
-    LL_SLACK,
-    MAX_HALVINGS,
-    MAX_ITER,
-    SIGMA2_TOL,
-    TESTS,
-    MultilevelFit,
-    reml_loglik,
-    three_level,
-)
-from alliancemeta.studies.multilevel.model import _ThreeLevel as _ThreeLevel
-from alliancemeta.studies.multilevel.robust import CR2_EIGEN_TOL, RobustResult, robust_cr2
-from alliancemeta.studies.multilevel.tables import (
-    MULTILEVEL_COLUMNS,
-    TABLE_TESTS,
-    multilevel_table,
-    write_aggregated_random_effects,
-    write_multilevel,
-)
-
-# raised by three_level; re-exported so that callers can catch ``multilevel.ConvergenceError``
-from alliancemeta.studies.random_effects import ConvergenceError as ConvergenceError
-
-# the private names re-exported above (``name as name``) are used by alliancemeta.studies.multilevel.influence and the
-# unit tests; they are not public API
-__all__ = [
-    "CR2_EIGEN_TOL",
-    "LL_SLACK",
-    "MAX_HALVINGS",
-    "MAX_ITER",
-    "MULTILEVEL_COLUMNS",
-    "SIGMA2_TOL",
-    "TABLE_TESTS",
-    "TESTS",
-    "Aggregated",
-    "Clusters",
-    "MultilevelFit",
-    "RobustResult",
-    "aggregate_within_studies",
-    "group_clusters",
-    "multilevel_table",
-    "reml_loglik",
-    "robust_cr2",
-    "three_level",
-    "write_aggregated_random_effects",
-    "write_multilevel",
-]

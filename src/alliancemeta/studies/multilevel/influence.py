@@ -69,12 +69,11 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 from scipy import linalg, stats
 
-from alliancemeta.core.tables import write_csv
-from alliancemeta.studies.multilevel import Clusters, MultilevelFit, _ThreeLevel, three_level
-from alliancemeta.studies.multilevel.model import _solve_reml
+from alliancemeta.core.inference import critical_value, p_value
+from alliancemeta.studies.multilevel.clusters import Clusters
+from alliancemeta.studies.multilevel.model import MultilevelFit, ThreeLevelREML, solve_reml
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +89,6 @@ HAT_MULTIPLE = 3.0
 #: Fewest studies for study deletion: deleting one of two studies leaves a single cluster, which
 #: cannot identify sigma2_study.
 MIN_STUDIES = 3
-
-INFLUENCE_MULTILEVEL_COLUMNS = (
-    "study_id", "k", "cooks_distance", "dfbetas", "rstudent_X2", "rstudent_df", "rstudent_pval",
-    "rstandard_X2", "hat", "sigma2_study_del", "sigma2_within_del", "loo_estimate", "loo_se", "loo_pval",
-    "loo_ci_lb", "loo_ci_ub", "loo_r", "loo_r_ci_lb", "loo_r_ci_ub", "influential",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -153,7 +146,7 @@ class MultilevelInfluence:
 # --------------------------------------------------------------------------------------------------
 
 
-class _WarmThreeLevel(_ThreeLevel):
+class _WarmThreeLevel(ThreeLevelREML):
     """A three-level model on already cluster-sorted data whose REML search starts at ``start``."""
 
     def __init__(self, y, v, X, groups: Clusters, start: np.ndarray):
@@ -183,7 +176,7 @@ class _Refit:
     iterations: int
 
 
-def _refit(full: _ThreeLevel, keep: np.ndarray, start: np.ndarray, fixed, unit_label) -> _Refit | None:
+def _refit(full: ThreeLevelREML, keep: np.ndarray, start: np.ndarray, fixed, unit_label) -> _Refit | None:
     """REML fit to the sorted rows ``keep`` (a boolean mask); None when the model is not estimable."""
     g = full.g
     codes = np.repeat(np.arange(g.n), g.sizes)[keep]
@@ -199,7 +192,7 @@ def _refit(full: _ThreeLevel, keep: np.ndarray, start: np.ndarray, fixed, unit_l
         warnings.warn(f"deleting {unit_label}: {reason}; its diagnostics are NaN", stacklevel=3)
         return None
     model = _WarmThreeLevel(full.y[keep], full.v[keep], X, groups, start)
-    opt = _solve_reml(
+    opt = solve_reml(
         model, groups, fixed, what=f"REML refit of the three-level model without {unit_label}",
         tied_note=f"deleting {unit_label} leaves one effect per study", stacklevel=4,
     )  # fmt: skip
@@ -253,7 +246,7 @@ def _units(fit: MultilevelFit, level: str):
     return np.arange(fit.k), rows, names
 
 
-def _hat_and_rstandard(full: _ThreeLevel, fit: MultilevelFit):
+def _hat_and_rstandard(full: ThreeLevelREML, fit: MultilevelFit):
     """hat values, standardized residuals and per-cluster pieces at the full-data sigma2 (sorted order)."""
     s_s, s_w = float(fit.sigma2[0]), float(fit.sigma2[1])
     g = full.g
@@ -272,12 +265,6 @@ def _hat_and_rstandard(full: _ThreeLevel, fit: MultilevelFit):
     F = full.X.T @ Xt
     F_cluster = g.sums(full.X[:, :, None] * Xt[:, None, :])  # X_j' V_j^{-1} X_j, (J, p, p)
     return hat, e, se, F, F_cluster
-
-
-def _crit(level: float, ddf: np.ndarray) -> np.ndarray:
-    q = 1.0 - (1.0 - level) / 2.0
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isfinite(ddf), stats.t.ppf(q, np.where(ddf > 0, ddf, np.nan)), stats.norm.ppf(q))
 
 
 def multilevel_influence(
@@ -353,7 +340,7 @@ def _influence(fit: MultilevelFit, level: str, fixed_per_unit) -> MultilevelInfl
     """The diagnostics, refitting deletion u with the variance components ``fixed_per_unit[u]``
     (a pair of None = estimate, or a value = fixed), warm-started at the full-data estimate."""
     g = fit.clusters
-    full = _ThreeLevel(fit.yi, fit.vi, fit.X, g)
+    full = ThreeLevelREML(fit.yi, fit.vi, fit.X, g)
     p = fit.p
     sigma2 = np.asarray(fit.sigma2, dtype=float)
     labels, unit_rows, names = _units(fit, level)
@@ -423,9 +410,9 @@ def _influence(fit: MultilevelFit, level: str, fixed_per_unit) -> MultilevelInfl
     se = np.sqrt(vb_del[:, 0, 0])
     with np.errstate(divide="ignore", invalid="ignore"):
         stat = est / se
-    pval = np.where(np.isfinite(ddf), 2.0 * stats.t.sf(np.abs(stat), np.where(ddf > 0, ddf, np.nan)),
-                    2.0 * stats.norm.sf(np.abs(stat)))  # fmt: skip
-    crit = _crit(fit.level, ddf)
+    with np.errstate(invalid="ignore"):
+        pval = p_value(stat, ddf)
+        crit = critical_value(fit.level, ddf)
     cooks_cutoff = float(stats.chi2.ppf(COOKS_QUANTILE, p))
     hat_cutoff = HAT_MULTIPLE * p / n
     with np.errstate(invalid="ignore"):
@@ -472,126 +459,3 @@ def _influence(fit: MultilevelFit, level: str, fixed_per_unit) -> MultilevelInfl
 # --------------------------------------------------------------------------------------------------
 
 
-def influence_multilevel_table(fit: MultilevelFit, inf: MultilevelInfluence) -> pd.DataFrame:
-    """``tables/influence_multilevel.csv``: one row per study, in order of first appearance.
-
-    Columns: ``study_id``; ``k`` (its effect sizes); ``cooks_distance``; ``dfbetas`` (of the pooled
-    estimate); ``rstudent_X2``, ``rstudent_df`` (= k) and ``rstudent_pval`` (upper tail of
-    chi^2_k: the study's multivariate studentized deleted residual); ``rstandard_X2`` (its internally
-    standardized counterpart, no deletion); ``hat`` (the study's leverage, the sum of its effects' hat
-    values); ``sigma2_study_del``, ``sigma2_within_del`` (variance components without the study);
-    ``loo_estimate``, ``loo_se``, ``loo_pval``, ``loo_ci_lb``, ``loo_ci_ub`` (the pooled Fisher z
-    without the study, with the model's test) and ``loo_r*`` (tanh of them); ``influential`` (the rules
-    of :mod:`alliancemeta.studies.multilevel.influence`).
-    """
-    if inf.level != "study":
-        raise ValueError("the influence_multilevel table holds study deletions (level='study')")
-    return pd.DataFrame(
-        {
-            "study_id": inf.units,
-            "k": inf.k,
-            "cooks_distance": inf.cooks_distance,
-            "dfbetas": inf.dfbetas[:, 0],
-            "rstudent_X2": inf.rstudent_X2,
-            "rstudent_df": inf.rstudent_df,
-            "rstudent_pval": inf.rstudent_pval,
-            "rstandard_X2": inf.rstandard_X2,
-            "hat": inf.hat_unit,
-            "sigma2_study_del": inf.sigma2_del[:, 0],
-            "sigma2_within_del": inf.sigma2_del[:, 1],
-            "loo_estimate": inf.loo_estimate,
-            "loo_se": inf.loo_se,
-            "loo_pval": inf.loo_pval,
-            "loo_ci_lb": inf.loo_ci_lb,
-            "loo_ci_ub": inf.loo_ci_ub,
-            "loo_r": np.tanh(inf.loo_estimate),
-            "loo_r_ci_lb": np.tanh(inf.loo_ci_lb),
-            "loo_r_ci_ub": np.tanh(inf.loo_ci_ub),
-            "influential": inf.influential,
-        },
-        columns=list(INFLUENCE_MULTILEVEL_COLUMNS),
-    )
-
-
-#: Influential studies are named in the figure when there are at most this many (else index only).
-LABEL_MAX = 8
-#: Up to this many studies the figure joins the Cook's distances and draws each leave-one-out interval;
-#: beyond it the points alone stay legible (the band still shows the full-data interval).
-INTERVALS_MAX = 60
-
-
-def influence_multilevel_plot(fit: MultilevelFit, inf: MultilevelInfluence, dataset: str = ""):
-    """Index plot per study: Cook's distance (top) and the leave-one-study-out pooled r (bottom).
-
-    Studies in order of first appearance; the dashed line in the top panel is the Cook's distance
-    cut-off (median of chi^2_p), the bottom panel's line and band are the full-data estimate and CI, and
-    each study's leave-one-out CI is drawn up to :data:`INTERVALS_MAX` studies.  Influential studies are
-    red, and named when there are at most :data:`LABEL_MAX` of them.
-    """
-    import matplotlib.pyplot as plt
-
-    from alliancemeta.plots.forest import STYLE
-
-    highlight, accent = "#b2182b", "#1f4e79"
-    n = inf.units.size
-    idx = np.arange(1, n + 1)
-    flag = np.asarray(inf.influential, dtype=bool)
-    small = n <= INTERVALS_MAX
-    pred = fit.predict()
-    with plt.rc_context(STYLE):
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7.0, 5.2), sharex=True)
-        if small:
-            ax1.plot(idx, inf.cooks_distance, color="0.6", lw=0.6)
-        ax1.axhline(inf.cooks_cutoff, color="0.45", lw=0.7, ls="--")
-        ax1.scatter(idx[~flag], inf.cooks_distance[~flag], s=12 if small else 5, color="0.15", linewidths=0, zorder=3)
-        ax1.scatter(idx[flag], inf.cooks_distance[flag], s=18 if small else 10, color=highlight, linewidths=0, zorder=4)
-        ax1.set_ylabel("Cook's distance")
-        ax1.set_ylim(bottom=0)
-        if 0 < flag.sum() <= LABEL_MAX:
-            for i in np.flatnonzero(flag):
-                ax1.annotate(str(inf.units[i]), (idx[i], inf.cooks_distance[i]), xytext=(3, 3),
-                             textcoords="offset points", fontsize=6, color=highlight)  # fmt: skip
-        r, lo, hi = np.tanh(inf.loo_estimate), np.tanh(inf.loo_ci_lb), np.tanh(inf.loo_ci_ub)
-        ax2.axhspan(np.tanh(pred.ci_lb), np.tanh(pred.ci_ub), color=accent, alpha=0.12, lw=0)
-        ax2.axhline(np.tanh(pred.pred), color=accent, lw=0.8)
-        colors = np.where(flag, highlight, "0.3")
-        if small:  # with many studies the intervals would hide the estimates; the band shows the full CI
-            ax2.vlines(idx, lo, hi, colors=colors, lw=0.8)
-        ax2.scatter(idx, r, s=12 if small else 5, c=colors, linewidths=0, zorder=3)
-        ax2.set_ylabel("pooled r without the study" + (f" ({100 * fit.level:g}% CI)" if small else ""))
-        ax2.set_xlabel(f"study ({n} studies, in order of first appearance)")
-        synthetic = " — SYNTHETIC data" if dataset.endswith("_synthetic") else ""
-        title = f"{dataset}{synthetic}\n" if dataset else ""
-        ax1.set_title(
-            f"{title}Three-level model ({fit.test}), each study left out: {int(flag.sum())} influential (red)",
-            loc="left",
-        )
-        fig.tight_layout()
-    return fig
-
-
-def write_influence_multilevel(
-    studies, table, pdf, png, test: str = "t", level: float = 0.95, dataset: str = ""
-) -> None:
-    """Fit the three-level model to a processed study table and write its study-deletion diagnostics.
-
-    ``studies`` has columns ``study_id``, ``yi``, ``vi``; ``test`` is the three-level model's ``z`` or
-    ``t`` (the pipeline maps its headline ``knha`` to ``t``).  Writes ``table`` (see
-    :func:`influence_multilevel_table`) and the figure (``pdf``, ``png``).
-    """
-    from alliancemeta.plots.forest import save_figure
-
-    frame = pd.read_csv(studies)
-    missing = [c for c in ("study_id", "yi", "vi") if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{studies}: the study table lacks column(s) {', '.join(missing)} needed by the three-level model"
-        )
-    fit = three_level(frame["yi"], frame["vi"], frame["study_id"].astype(str).to_numpy(), test=test, level=level)
-    inf = multilevel_influence(fit, "study")
-    log.info(
-        "three-level influence: %d studies, %d refits, %d iterations in total, %d influential",
-        fit.n_clusters, inf.units.size, int(inf.iterations.sum()), int(inf.influential.sum()),
-    )  # fmt: skip
-    write_csv(influence_multilevel_table(fit, inf), table, INFLUENCE_MULTILEVEL_COLUMNS)
-    save_figure(influence_multilevel_plot(fit, inf, dataset), pdf, png)

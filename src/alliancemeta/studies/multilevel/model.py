@@ -1,6 +1,6 @@
 r"""The three-level model fitted by REML in O(k), as ``metafor::rma.mv(yi, vi, mods, random = ~ 1 | study/effect)``.
 
-The O(k) restricted likelihood with its score and information (:class:`_ThreeLevel`), the projected
+The O(k) restricted likelihood with its score and information (:class:`ThreeLevelREML`), the projected
 Newton optimiser (:func:`_maximise_reml`), the fit (:func:`three_level`, :class:`MultilevelFit`) and
 :func:`reml_loglik`; the algebra is set out in :mod:`alliancemeta.studies.multilevel`.
 """
@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import linalg, stats
 
+from alliancemeta.core.errors import ConvergenceError
+from alliancemeta.core.inference import Prediction, critical_value, p_value, wald_test
 from alliancemeta.studies.multilevel.clusters import Clusters, group_clusters
-from alliancemeta.studies.random_effects import ConvergenceError, Prediction, _trace_P, _wls
+from alliancemeta.studies.random_effects import trace_p, wls
 
 TESTS = ("z", "t")
 
@@ -49,7 +51,7 @@ class _Evaluation:
     observed: np.ndarray | None = None  # observed information (minus the Hessian)
 
 
-class _ThreeLevel:
+class ThreeLevelREML:
     """Data of a three-level model in cluster-sorted order and the O(k) REML algebra."""
 
     def __init__(self, yi, vi, X, groups: Clusters):
@@ -146,7 +148,7 @@ class _ThreeLevel:
 
     def start(self) -> np.ndarray:
         """metafor's starting values: half each of max(0.002, var(e_FE) - 1/mean(1/v))."""
-        fe = _wls(self.y, self.X, 1.0 / self.v)
+        fe = wls(self.y, self.X, 1.0 / self.v)
         total = max(0.002, float(np.var(fe.resid, ddof=1)) - 1.0 / float(np.mean(1.0 / self.v)))
         return np.array([total / 2.0, total / 2.0])
 
@@ -167,7 +169,7 @@ def _newton_direction(H: np.ndarray, grad: np.ndarray) -> np.ndarray | None:
     return linalg.cho_solve(cf, grad)
 
 
-def _maximise_reml(model: _ThreeLevel, tied: bool, fixed=(None, None)) -> _Optimum:
+def _maximise_reml(model: ThreeLevelREML, tied: bool, fixed=(None, None)) -> _Optimum:
     """Projected Newton ascent on the REML log-likelihood over theta >= 0.
 
     Parameterised as theta = B phi + offset with phi >= 0: ``fixed`` holds values for components
@@ -281,10 +283,7 @@ class MultilevelFit:
 
     @property
     def crit(self) -> float:
-        q = 1.0 - (1.0 - self.level) / 2.0
-        if np.isfinite(self.ddf):
-            return float(stats.t.ppf(q, self.ddf)) if self.ddf > 0 else np.nan
-        return float(stats.norm.ppf(q))
+        return critical_value(self.level, self.ddf)
 
     def predict(self, x_new=None) -> Prediction:
         r"""Predicted effect with confidence and prediction interval, as ``metafor::predict.rma``.
@@ -334,13 +333,13 @@ def _validate(yi, vi, cluster, X):
     return yi, vi, X, groups
 
 
-def _moderator_columns(X: np.ndarray) -> np.ndarray:
+def moderator_columns(X: np.ndarray) -> np.ndarray:
     """metafor's default ``btt``: every coefficient except an intercept in the first column."""
     p = X.shape[1]
     return np.arange(1, p) if p > 1 and np.allclose(X[:, 0], 1.0) else np.arange(p)
 
 
-def _solve_reml(model: _ThreeLevel, groups: Clusters, fixed: tuple, what: str, tied_note: str,
+def solve_reml(model: ThreeLevelREML, groups: Clusters, fixed: tuple, what: str, tied_note: str,
                 advice: str = "", stacklevel: int = 2) -> _Optimum:
     """Maximise the REML likelihood of ``model`` and insist on convergence.
 
@@ -410,11 +409,11 @@ def three_level(yi, vi, cluster, X=None, test: str = "z", level: float = 0.95, s
         raise ValueError(f"level must lie in (0, 1); got {level!r}")
     yi, vi, X, groups = _validate(yi, vi, cluster, X)
     k, p = X.shape
-    model = _ThreeLevel(yi, vi, X, groups)
+    model = ThreeLevelREML(yi, vi, X, groups)
     fixed = tuple(None if s is None or (isinstance(s, float) and np.isnan(s)) else float(s) for s in sigma2)
     if len(fixed) != 2 or any(f is not None and not (np.isfinite(f) and f >= 0) for f in fixed):
         raise ValueError(f"sigma2 must be a pair of None or values >= 0; got {sigma2!r}")
-    opt = _solve_reml(
+    opt = solve_reml(
         model, groups, fixed, what="REML estimation of the three-level model",
         tied_note="every cluster holds a single effect",
         advice="; check for extreme sampling variances or clusters that a moderator separates perfectly",
@@ -425,29 +424,18 @@ def three_level(yi, vi, cluster, X=None, test: str = "z", level: float = 0.95, s
     beta, vb = ev.beta, ev.vb
     se = np.sqrt(np.diag(vb))
     stat = beta / se
-    q = 1.0 - (1.0 - level) / 2.0
     dfr = k - p
-    btt = _moderator_columns(X)
-    m = btt.size
-    QM = float(beta[btt] @ np.linalg.solve(vb[np.ix_(btt, btt)], beta[btt]))
-    if test == "t":
-        ddf = float(dfr)
-        pval = 2.0 * stats.t.sf(np.abs(stat), ddf)
-        crit = stats.t.ppf(q, ddf)
-        QM /= m
-        QM_df = (float(m), ddf)
-        QM_pval = float(stats.f.sf(QM, m, ddf))
-    else:
-        ddf = np.inf
-        pval = 2.0 * stats.norm.sf(np.abs(stat))
-        crit = stats.norm.ppf(q)
-        QM_df = (float(m), np.inf)
-        QM_pval = float(stats.chi2.sf(QM, m))
+    ddf = float(dfr) if test == "t" else np.inf
+    pval = p_value(stat, ddf)
+    crit = critical_value(level, ddf)
+    btt = moderator_columns(X)
+    omnibus = wald_test(beta[btt], vb[np.ix_(btt, btt)], ddf)
+    QM, QM_df, QM_pval = omnibus.QM, omnibus.QM_df, omnibus.QM_pval
 
     w0 = 1.0 / vi
-    fe = _wls(yi, X, w0)
+    fe = wls(yi, X, w0)
     QE = max(0.0, fe.rss)
-    vt = dfr / _trace_P(X, w0, fe.A)
+    vt = dfr / trace_p(X, w0, fe.A)
     total = float(np.sum(sigma2)) + vt
     return MultilevelFit(
         test=test,
@@ -487,11 +475,11 @@ def reml_loglik(fit_or_data, sigma2) -> float:
     """Restricted log-likelihood of a three-level model at ``sigma2 = (study, within)``.
 
     ``fit_or_data`` is a :class:`MultilevelFit` or a tuple ``(yi, vi, cluster, X)``.  Computed in
-    O(k) (see :meth:`_ThreeLevel.evaluate`); metafor's ``logLik`` of a REML ``rma.mv`` fit.
+    O(k) (see :meth:`ThreeLevelREML.evaluate`); metafor's ``logLik`` of a REML ``rma.mv`` fit.
     """
     if isinstance(fit_or_data, MultilevelFit):
-        model = _ThreeLevel(fit_or_data.yi, fit_or_data.vi, fit_or_data.X, fit_or_data.clusters)
+        model = ThreeLevelREML(fit_or_data.yi, fit_or_data.vi, fit_or_data.X, fit_or_data.clusters)
     else:
         yi, vi, cluster, X = fit_or_data
-        model = _ThreeLevel(*_validate(yi, vi, cluster, X))
+        model = ThreeLevelREML(*_validate(yi, vi, cluster, X))
     return model.evaluate(np.asarray(sigma2, dtype=float)).loglik

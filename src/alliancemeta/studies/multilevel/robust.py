@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import stats
 
-from alliancemeta.studies.multilevel.model import MultilevelFit, _moderator_columns
-from alliancemeta.studies.random_effects import Prediction
+from alliancemeta.core.inference import Prediction, critical_value, p_value
+from alliancemeta.studies.multilevel.model import MultilevelFit, moderator_columns
 
 #: clubSandwich's ``matrix_power`` treats eigenvalues <= 1e-12 as zero when it forms the inverse
 #: square roots of the CR2 adjustment (and of the HTZ Omega matrix); the same cut-off keeps the
@@ -127,7 +127,7 @@ class RobustResult:
         pred = float(x @ self.beta)
         se = float(np.sqrt(x @ self.vb @ x))
         df = self.satterthwaite_df(x)
-        crit = float(stats.t.ppf(1.0 - (1.0 - self.level) / 2.0, df)) if df > 0 else np.nan
+        crit = critical_value(self.level, df)
         pi_se = np.sqrt(se**2 + float(np.sum(self.sigma2)))
         return Prediction(pred, se, pred - crit * se, pred + crit * se, pred - crit * pi_se, pred + crit * pi_se)
 
@@ -195,9 +195,9 @@ def robust_cr2(fit: MultilevelFit) -> RobustResult:
         np.full(p, np.nan), np.full(p, np.nan), np.nan, (np.nan, np.nan), np.nan, fit.sigma2, K, Hm,
     )  # fmt: skip
     df = np.array([partial.satterthwaite_df(np.eye(p)[i]) for i in range(p)])
-    pval = 2.0 * stats.t.sf(np.abs(stat), df)
-    crit = stats.t.ppf(1.0 - (1.0 - fit.level) / 2.0, df)
-    btt = _moderator_columns(fit.X)
+    pval = p_value(stat, df)
+    crit = critical_value(fit.level, df)
+    btt = moderator_columns(fit.X)
     if p == 1 and btt.size == 1:
         QM, QM_df, QM_pval = float(stat[0] ** 2), (1.0, float(df[0])), float(pval[0])
     else:

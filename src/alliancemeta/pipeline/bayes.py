@@ -1,4 +1,4 @@
-"""The Bayesian stage of the pipeline: every model for one study-level dataset, written to tables.
+"""Stage ``bayes`` (workflow/rules/bayes.smk): every Bayesian model of one study-level dataset, written to tables.
 
 :func:`write_bayes` fits, for one processed study table,
 
@@ -29,17 +29,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from alliancemeta.core.mcmc import CompiledModel, Fit, SamplerSettings, fit, sub_seed
+from alliancemeta.core.mcmc import CompiledModel, Fit, fit
+from alliancemeta.core.seeds import derive_seed
+from alliancemeta.core.settings import BayesSettings, Dataset, SamplerSettings
 from alliancemeta.core.tables import atomic_path, write_csv
-from alliancemeta.studies.bayes.models import build_meta_model
+from alliancemeta.pipeline.common import read_studies_table
+from alliancemeta.plots.bayes import posterior_figure
+from alliancemeta.plots.style import save_figure
+from alliancemeta.studies.bayes.averaging import AVERAGING_COLUMNS, model_averaging
+from alliancemeta.studies.bayes.models import REPORTED, build_meta_model
 from alliancemeta.studies.bayes.priors import MetaPriors
-from alliancemeta.studies.bayes.quadrature import exact_posterior
+from alliancemeta.studies.bayes.quadrature import SENSITIVITY_COLUMNS, exact_posterior, prior_sensitivity
 from alliancemeta.studies.bayes.summary import (
     COMPARISON_COLUMNS,
     SUMMARY_COLUMNS,
@@ -48,54 +54,13 @@ from alliancemeta.studies.bayes.summary import (
     with_log_likelihood,
     with_study_effects,
 )
+from alliancemeta.studies.regression import Design, ModeratorError, design_matrix
 
 log = logging.getLogger(__name__)
 
 BAYES_COLUMNS = (*SUMMARY_COLUMNS, "model", "k", "attempts", "target_accept", "sampler",
                  "exact_mean", "exact_sd", "exact_eti_lb", "exact_eti_ub", "exact_p_gt_0", "exact_p_gt_0.1")
 _EXACT = ("mean", "sd", "eti_lb", "eti_ub", "p_gt_0", "p_gt_0.1")
-
-
-# --------------------------------------------------------------------------------------------------
-# moderator designs
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Design:
-    """Design matrix of one moderator: intercept plus treatment-coded levels or a centred covariate.
-
-    ``rows`` marks the effects with a non-missing moderator (complete cases).  Categorical levels
-    are sorted and the first is the reference, with R's term names (``raterobserver``), as
-    ``metafor::rma(mods = ~ factor(rater))``.  Numeric moderators are centred at their mean
-    (``centre``), so the intercept is the effect at the mean; slopes are unchanged by centring.
-    """
-
-    moderator: str
-    X: np.ndarray
-    terms: tuple[str, ...]
-    rows: np.ndarray
-    centre: float | None = None
-
-
-def moderator_design(frame: pd.DataFrame, moderator: str) -> Design | None:
-    """Design for ``moderator``, or None when it does not vary (nothing to estimate)."""
-    col = frame[moderator]
-    rows = col.notna().to_numpy()
-    values = col[rows]
-    if pd.api.types.is_numeric_dtype(col):
-        x = values.to_numpy(dtype=float)
-        if x.size < 3 or np.ptp(x) == 0:
-            return None
-        centre = float(x.mean())
-        X = np.column_stack([np.ones(x.size), x - centre])
-        return Design(moderator, X, ("intrcpt", moderator), rows, centre)
-    labels = values.astype(str).to_numpy()
-    levels = sorted(set(labels))
-    if len(levels) < 2:
-        return None
-    X = np.column_stack([np.ones(labels.size)] + [(labels == lv).astype(float) for lv in levels[1:]])
-    return Design(moderator, X, ("intrcpt", *[f"{moderator}{lv}" for lv in levels[1:]]), rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,8 +77,9 @@ class StudyBayes:
     posterior: object  # arviz.InferenceData of the random-effects model, with log_likelihood
 
 
-def _rows(fitted: Fit, model: str, k: int, exact: pd.DataFrame | None, prefix: str = "") -> pd.DataFrame:
-    out = summarise(fitted.idata)
+def _rows(fitted: Fit, model: str, k: int, exact: pd.DataFrame | None, level: float,
+          prefix: str = "") -> pd.DataFrame:
+    out = summarise(fitted.idata, level)
     if exact is not None:
         ex = exact.set_index("parameter")
         for col in _EXACT:
@@ -141,6 +107,21 @@ def _relabel(idata, terms: Sequence[str]):
     out = idata.copy()
     out.posterior = out.posterior.isel(term=slice(0, p)).assign_coords(term=list(terms))
     out.constant_data = out.constant_data.isel(term=slice(0, p)).assign_coords(term=list(terms))
+    return out
+
+
+def _uncentre(idata, T: np.ndarray):
+    """Coefficients of the uncentred design, ``b = T b_centred`` (the intercept at moderator = 0).
+
+    The sampler works on centred numeric moderators (intercept = the effect at the moderator's mean,
+    nearly uncorrelated with the slope); the table reports the intercept of ``moderators.csv``.
+    """
+    if np.array_equal(T, np.eye(T.shape[0])):
+        return idata
+    out = idata.copy()
+    b = out.posterior["b"]
+    values = np.einsum("ij,...j->...i", T, b.transpose(..., "term").values)
+    out.posterior["b"] = b.copy(data=np.moveaxis(values, -1, b.dims.index("term")))
     return out
 
 
@@ -172,54 +153,60 @@ def equal_effects_draws(yi, vi, priors: MetaPriors, study, settings: SamplerSett
     return idata
 
 
-def fit_study_models(frame: pd.DataFrame, bayes: Mapping, seed: int, moderators: Sequence[str] = (),
-                     dataset: str = "", level: float = 0.95) -> StudyBayes:
+def fit_study_models(frame: pd.DataFrame, bayes: BayesSettings, seed: int, moderators: Sequence[str],
+                     dataset: Dataset) -> StudyBayes:
     """Fit the random-effects, equal-effects, meta-regression and three-level models of one dataset.
 
     Parameters
     ----------
     frame : DataFrame
         A processed study table (``study, yi, vi`` + optional ``study_id`` and moderators).
-    bayes : mapping
-        The config's ``bayes`` section (priors and sampler settings).
+    bayes : BayesSettings
+        Priors, sampler settings and the interval level.
     seed : int
-        Seed of the dataset (the pipeline's ``seed_for("bayes/<dataset>")``); each model uses
-        ``sub_seed(seed, <model name>)``.
+        Seed of the dataset (``derive_seed(config seed, "bayes/<dataset>")``); each model uses
+        ``derive_seed(seed, <model name>)``.
     moderators : sequence of str
-        Moderator columns; one meta-regression each.
+        Moderator columns; one meta-regression each.  Numeric moderators are centred for sampling and
+        reported uncentred, so the intercept means what it means in ``moderators.csv``.
+    dataset : Dataset
+        Names the dataset in messages.
 
     Raises
     ------
     SamplingError
         If any model fails its convergence checks after the retry.
     """
-    priors = MetaPriors.from_config(bayes)
-    settings = SamplerSettings.from_config(bayes)
+    priors = MetaPriors.from_config(bayes.priors)
+    settings = bayes.sampler
+    level = bayes.level
     yi = frame["yi"].to_numpy(dtype=float)
     vi = frame["vi"].to_numpy(dtype=float)
     study = frame["study"].astype(str).to_numpy()
     k = yi.size
-    name = f"{dataset}: " if dataset else ""
+    name = f"{dataset.label}: "
     blocks, effect_models, study_models = [], {}, {}
 
     # 1. random effects (the headline), checked against the exact posterior; study effects drawn exactly
     re_model = build_meta_model(yi, vi, priors, study=study, marginal=True)
-    re = _timed("random_effects", fit, re_model, settings, sub_seed(seed, "random_effects"),
-                f"{name}random-effects model")
-    blocks.append(_rows(re, "random_effects", k, exact_posterior(yi, vi, priors).summary(level)))
-    re_idata = with_study_effects(re.idata, sub_seed(seed, "random_effects/theta"))
+    re = _timed("random_effects", fit, re_model, settings, derive_seed(seed, "random_effects"),
+                f"{name}random-effects model", REPORTED)
+    blocks.append(_rows(re, "random_effects", k, exact_posterior(yi, vi, priors).summary(level), level))
+    re_idata = with_study_effects(re.idata, derive_seed(seed, "random_effects/theta"))
     effect_models["random_effects"] = with_log_likelihood(re_idata, "effect")
 
     # 2. equal effects, for the comparison: its posterior is normal, so it is drawn exactly
-    fe_idata = equal_effects_draws(yi, vi, priors, study, settings, sub_seed(seed, "fixed_effect"))
+    fe_idata = equal_effects_draws(yi, vi, priors, study, settings, derive_seed(seed, "fixed_effect"))
     effect_models["fixed_effect"] = with_log_likelihood(fe_idata, "effect")
 
     # 3. meta-regressions, one per moderator, sharing one compiled model where rows are complete
-    designs = [d for d in (moderator_design(frame, m) for m in moderators) if d is not None]
+    designs: dict[str, Design] = {}
     for mod in moderators:
-        if all(d.moderator != mod for d in designs):
-            log.info("moderator %s does not vary: no meta-regression", mod)
-    complete = [d for d in designs if d.rows.all()]
+        try:
+            designs[mod] = design_matrix(frame, [mod])
+        except ModeratorError as err:
+            log.info("no meta-regression on %s: %s", mod, err)
+    complete = [d for d in designs.values() if d.rows.all()]
     shared = None
     if complete:
         p_max = max(d.X.shape[1] for d in complete)
@@ -228,33 +215,35 @@ def fit_study_models(frame: pd.DataFrame, bayes: Mapping, seed: int, moderators:
         shared_model = build_meta_model(yi, vi, priors, X=X0, terms=[f"b{j}" for j in range(p_max)],
                                         study=study, marginal=True)
         shared = _timed("compile meta-regression", CompiledModel, shared_model, settings)
-    for d in designs:
-        label = f"{name}meta-regression on {d.moderator}"
+    for mod, d in designs.items():
+        label = f"{name}meta-regression on {mod}"
         y_d, v_d = yi[d.rows], vi[d.rows]
+        Xc, T = d.centred()
+        mod_seed = derive_seed(seed, f"mods/{mod}")
         if d.rows.all():
             padded = np.zeros((k, shared.model["X"].get_value().shape[1]))
-            padded[:, : d.X.shape[1]] = d.X
+            padded[:, : Xc.shape[1]] = Xc
             shared.set_data(X=padded)
-            reg = _timed(f"meta_regression:{d.moderator}", fit, shared, None, sub_seed(seed, f"mods/{d.moderator}"),
-                         label)
+            reg = _timed(f"meta_regression:{mod}", fit, shared, None, mod_seed, label, REPORTED)
             reg = Fit(_relabel(reg.idata, d.terms), reg.diagnostics, reg.attempts, reg.target_accept,
                       reg.backend)
         else:
-            model = build_meta_model(y_d, v_d, priors, X=d.X, terms=d.terms, study=study[d.rows], marginal=True)
-            reg = _timed(f"meta_regression:{d.moderator}", fit, model, settings, sub_seed(seed, f"mods/{d.moderator}"),
-                         label)
-        exact = exact_posterior(y_d, v_d, priors, X=d.X, terms=d.terms).summary(level)
-        blocks.append(_rows(reg, "meta_regression", int(d.rows.sum()), exact, prefix=f"{d.moderator}:"))
+            model = build_meta_model(y_d, v_d, priors, X=Xc, terms=d.terms, study=study[d.rows], marginal=True)
+            reg = _timed(f"meta_regression:{mod}", fit, model, settings, mod_seed, label, REPORTED)
         if d.rows.all():
-            effect_models[f"meta_regression:{d.moderator}"] = with_log_likelihood(reg.idata, "effect")
+            effect_models[f"meta_regression:{mod}"] = with_log_likelihood(reg.idata, "effect")
+        reg = Fit(_uncentre(reg.idata, T), reg.diagnostics, reg.attempts, reg.target_accept, reg.backend)
+        exact = exact_posterior(y_d, v_d, priors, X=Xc, terms=d.terms).linear_map(T).summary(level)
+        blocks.append(_rows(reg, "meta_regression", int(d.rows.sum()), exact, level, prefix=f"{mod}:"))
 
     # 4. three-level model when effects are nested in studies
     comparisons = [compare_models(effect_models, "effect")]
     if "study_id" in frame and frame["study_id"].nunique() < k:
         codes, clusters = pd.factorize(frame["study_id"].astype(str), sort=False)
         tl_model = build_meta_model(yi, vi, priors, cluster=frame["study_id"].to_numpy(), study=study, marginal=True)
-        tl = _timed("three_level", fit, tl_model, settings, sub_seed(seed, "three_level"), f"{name}three-level model")
-        blocks.append(_rows(tl, "three_level", k, None, prefix="three_level:"))
+        tl = _timed("three_level", fit, tl_model, settings, derive_seed(seed, "three_level"),
+                    f"{name}three-level model", REPORTED)
+        blocks.append(_rows(tl, "three_level", k, None, level, prefix="three_level:"))
         study_models["three_level"] = with_log_likelihood(tl.idata, "study")
         for model_name in ("random_effects", "fixed_effect"):
             src = re_idata if model_name == "random_effects" else fe_idata
@@ -277,15 +266,41 @@ def write_posterior(idata, path: str | os.PathLike) -> None:
         idata.to_netcdf(str(tmp), engine="h5netcdf")
 
 
-def write_bayes(studies, table, comparison, posterior, *, bayes: Mapping, seed: int,
-                moderators: Sequence[str] = (), dataset: str = "", level: float = 0.95) -> None:
+def write_bayes(studies, table, comparison, posterior, *, bayes: BayesSettings, seed: int,
+                moderators: Sequence[str], dataset: Dataset) -> None:
     """Fit every Bayesian model of a processed study table and write the three outputs atomically.
 
-    ``seed`` is the config seed; the dataset's seed is ``sub_seed(seed, f"bayes/{dataset}")``, the
-    same number as the workflow's ``seed_for(f"bayes/{dataset}")``.
+    ``seed`` is the config seed; the dataset's seed is ``derive_seed(seed, f"bayes/{dataset.name}")``.
     """
-    frame = pd.read_csv(studies)
-    result = fit_study_models(frame, bayes, sub_seed(seed, f"bayes/{dataset}"), moderators, dataset, level)
+    frame = read_studies_table(studies)
+    result = fit_study_models(frame, bayes, derive_seed(seed, f"bayes/{dataset.name}"), moderators, dataset)
     write_posterior(result.posterior, posterior)
     write_csv(result.table, table, BAYES_COLUMNS)
     write_csv(result.comparison, comparison, COMPARISON_COLUMNS)
+
+
+def write_exact_tables(studies, sensitivity, averaging, *, bayes: BayesSettings) -> None:
+    """The exact-path tables of one dataset: ``prior_sensitivity.csv`` and ``bayes_model_averaging.csv``.
+
+    Prior sensitivity over ``bayes.sensitivity_priors`` (tau) and ``bayes.informative_mu`` (mu; ``null`` in the
+    config leaves it out); model averaging over effect x heterogeneity with the configured priors.
+    """
+    frame = read_studies_table(studies)
+    yi, vi = frame["yi"].to_numpy(dtype=float), frame["vi"].to_numpy(dtype=float)
+    priors = MetaPriors.from_config(bayes.priors)
+    sens = prior_sensitivity(yi, vi, priors, bayes.sensitivity_priors, bayes.informative_mu, bayes.level)
+    bma = model_averaging(yi, vi, priors, level=bayes.level)
+    write_csv(sens, sensitivity, SENSITIVITY_COLUMNS)
+    write_csv(bma, averaging, AVERAGING_COLUMNS)
+
+
+def write_posterior_figure(studies, posterior, pdf, png, *, bayes: BayesSettings, dataset: Dataset) -> None:
+    """Posterior figure of the random-effects model from ``posterior.nc`` and the processed table."""
+    import arviz as az
+
+    frame = read_studies_table(studies)
+    priors = MetaPriors.from_config(bayes.priors)
+    exact = exact_posterior(frame["yi"].to_numpy(dtype=float), frame["vi"].to_numpy(dtype=float), priors)
+    idata = az.from_netcdf(posterior, engine="h5netcdf")
+    title = f"{dataset.label}: Bayesian random-effects meta-analysis (k = {exact.k})"
+    save_figure(posterior_figure(idata, exact, priors, bayes.level, title), pdf, png)

@@ -1,4 +1,8 @@
-"""SPEC §5 ``publication_bias.csv``: every method of the package in one table, and its pipeline writer."""
+"""Stage ``bias`` (workflow/rules/bias.smk): small-study tests, adjustments and the funnel plot.
+
+Writes ``publication_bias.csv`` and ``figures/funnel.{pdf,png}`` for the headline model (first estimator
+and test in the config); the statistics live in :mod:`alliancemeta.studies.bias`.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,25 @@ import logging
 import numpy as np
 import pandas as pd
 
+from alliancemeta.core.errors import ConvergenceError
+from alliancemeta.core.settings import Dataset, MetaSettings
 from alliancemeta.core.tables import write_csv
+from alliancemeta.pipeline.common import read_studies_table
+from alliancemeta.plots.bias import funnel_plot
+from alliancemeta.plots.style import save_figure
 from alliancemeta.studies.bias.failsafe import fsn_rosenthal
 from alliancemeta.studies.bias.rank import ranktest
 from alliancemeta.studies.bias.regression_tests import peese, pet, pet_peese, regtest
 from alliancemeta.studies.bias.selection import selmodel_stepfun
 from alliancemeta.studies.bias.trim_and_fill import trimfill
-from alliancemeta.studies.random_effects import ConvergenceError, MetaFit, random_effects
+from alliancemeta.studies.random_effects import MetaFit, random_effects
 
-# the package's logger: rule log lines read "alliancemeta.studies.bias", whichever module logs
-log = logging.getLogger(__package__)
+# the rule's log lines read "alliancemeta.pipeline.bias"
+log = logging.getLogger(__name__)
 
 PUBLICATION_BIAS_COLUMNS = ("method", "statistic", "pval", "estimate", "ci_lb", "ci_ub", "k0")
+
+
 METHODS = (
     "egger", "rank", "trimfill", "pet", "peese", "selection_3psm", "failsafe_rosenthal",  # SPEC §5
     "trimfill_r0", "pet_peese",  # extras
@@ -64,7 +75,7 @@ def _method_row(method: str, fit: MetaFit) -> dict:
     raise ValueError(f"unknown publication-bias method {method!r}")
 
 
-def publication_bias_table(yi, vi, method: str = "REML", test: str = "knha", level: float = 0.95) -> pd.DataFrame:
+def publication_bias_table(yi, vi, method: str, test: str, level: float) -> pd.DataFrame:
     """SPEC §5 ``publication_bias.csv``: one row per method of :data:`METHODS`, in that order.
 
     The headline model ``random_effects(yi, vi, method, test, level)`` feeds Egger's test,
@@ -100,11 +111,21 @@ def publication_bias_table(yi, vi, method: str = "REML", test: str = "knha", lev
     return pd.DataFrame(rows, columns=list(PUBLICATION_BIAS_COLUMNS))
 
 
-def write_publication_bias(studies, table, method: str = "REML", test: str = "knha", level: float = 0.95) -> None:
+def write_publication_bias(studies, table, meta: MetaSettings) -> None:
     """Read a processed study table (``study, yi, vi``), write ``publication_bias.csv`` atomically."""
-    frame = pd.read_csv(studies)
-    missing = [c for c in ("yi", "vi") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"{studies}: processed study table lacks column(s) {', '.join(missing)}")
-    out = publication_bias_table(frame["yi"].to_numpy(float), frame["vi"].to_numpy(float), method, test, level)
+    frame = read_studies_table(studies)
+    out = publication_bias_table(frame["yi"].to_numpy(float), frame["vi"].to_numpy(float), meta.method, meta.test,
+                                 meta.level)
     write_csv(out, table, PUBLICATION_BIAS_COLUMNS)
+
+
+def write_funnel(studies, pdf, png, *, dataset: Dataset, meta: MetaSettings) -> None:
+    """Contour-enhanced funnel plot of the headline model with the trim-and-fill (L0) imputations."""
+    frame = read_studies_table(studies)
+    fit = random_effects(frame["yi"], frame["vi"], method=meta.method, test=meta.test, level=meta.level)
+    try:
+        fill = trimfill(fit, "L0")
+    except (ValueError, ConvergenceError) as err:
+        log.warning("funnel plot: trim and fill not computed, no imputed studies drawn: %s", err)
+        fill = None
+    save_figure(funnel_plot(fit, fill, dataset.label), pdf, png)

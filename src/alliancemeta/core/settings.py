@@ -1,0 +1,291 @@
+"""Validated, frozen settings for every stage, built from the configuration.
+
+Every default value is written once, in ``workflow/schemas/config.schema.yaml``.  The workflow validates
+the config against that schema (which fills in the defaults of omitted keys), then builds the
+:class:`Settings` here; each rule receives the frozen settings object of its stage, never a raw dict.
+The classes below therefore have no defaults of their own and read every key with ``[...]``: a missing
+key means the config was not validated, which is a programming error, not a user error.
+
+Outside the workflow (a notebook, a script), :func:`load_settings` validates a config file or mapping
+against the same schema, fills in its defaults and returns the same objects.
+
+The settings are named tuples holding tuples and :class:`FrozenDict` mappings: immutable, picklable (the
+workflow hands them to its scripts) and with a plain ``repr``, so that Snakemake sees a changed setting as a
+changed parameter and reruns the jobs it affects.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+from alliancemeta.core.errors import ConfigError
+
+#: The schema shipped with the workflow (the one place where defaults are written).
+SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class FrozenDict(dict):
+    """A read-only dict: picklable, with a dict's ``repr`` (Snakemake compares parameters by it)."""
+
+    def _readonly(self, *args, **kwargs):
+        raise TypeError("settings are read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
+
+    def __hash__(self):  # type: ignore[override]
+        return hash(tuple(sorted(self.items(), key=repr)))
+
+
+def _frozen(value):
+    """Deep read-only copy: mappings become :class:`FrozenDict`, lists become tuples."""
+    if isinstance(value, Mapping):
+        return FrozenDict({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def thaw(value):
+    """The plain (JSON-ready) form of a frozen value: dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw(v) for v in value]
+    return value
+
+
+SAMPLERS = ("nutpie", "pymc")
+
+
+class _SamplerFields(NamedTuple):
+    draws: int
+    tune: int
+    chains: int
+    sampler: str
+    target_accept: float
+    retry_target_accept: float
+    section: str  # the config section the values come from, named in error messages
+
+
+class SamplerSettings(_SamplerFields):
+    """Settings of one MCMC run (config ``bayes`` or ``sessions_bayes``: draws, tune, chains, sampler,
+    target_accept, retry_target_accept), checked when created."""
+
+    def __new__(cls, draws, tune, chains, sampler, target_accept, retry_target_accept, section="sampler"):
+        for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"config {section}.{name}: {value!r} must be a positive integer")
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"config {section}.sampler: unknown sampler {sampler!r}; expected one of "
+                              f"{', '.join(SAMPLERS)}")
+        for name, value in (("target_accept", target_accept), ("retry_target_accept", retry_target_accept)):
+            if not 0.0 < float(value) < 1.0:
+                raise ConfigError(f"config {section}.{name}: {value!r} must lie strictly between 0 and 1")
+        return super().__new__(cls, int(draws), int(tune), int(chains), str(sampler), float(target_accept),
+                               float(retry_target_accept), section)
+
+    @classmethod
+    def from_config(cls, section: Mapping, name: str) -> SamplerSettings:
+        """From a validated config section (every key present), named ``name`` in messages."""
+        keys = ("draws", "tune", "chains", "sampler", "target_accept", "retry_target_accept")
+        return cls(*(section[key] for key in keys), section=name)
+
+    def n_cores(self) -> int:
+        """Chains run in parallel on at most this many cores."""
+        return int(min(self.chains, os.cpu_count() or 1))
+
+
+class Dataset(NamedTuple):
+    """What every table and figure says about its data: the configured name and whether it is SYNTHETIC."""
+
+    name: str
+    synthetic: bool
+
+    @property
+    def label(self) -> str:
+        """``name``, followed by a SYNTHETIC warning when the data are simulated (titles, captions, summaries)."""
+        return f"{self.name} — SYNTHETIC data" if self.synthetic else self.name
+
+
+class MetaSettings(NamedTuple):
+    """Frequentist study-level settings (config ``meta``): the first estimator and test are the headline."""
+
+    estimators: tuple[str, ...]
+    tests: tuple[str, ...]
+    level: float
+    aggregate_rho: float
+
+    @property
+    def method(self) -> str:
+        """The headline tau^2 estimator."""
+        return self.estimators[0]
+
+    @property
+    def test(self) -> str:
+        """The headline test."""
+        return self.tests[0]
+
+    @property
+    def multilevel_test(self) -> str:
+        """The three-level model's test for the headline: ``z`` stays ``z``, ``t`` and ``knha`` map to ``t``."""
+        return "z" if self.test == "z" else "t"
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> MetaSettings:
+        meta = config["meta"]
+        return cls(tuple(meta["estimators"]), tuple(meta["tests"]), float(meta["level"]), float(meta["aggregate_rho"]))
+
+
+class BayesSettings(NamedTuple):
+    """Study-level Bayesian settings (config ``bayes``), with the confidence level of ``meta.level``."""
+
+    prior_mu: Mapping
+    prior_tau: Mapping
+    sensitivity_priors: tuple[Mapping, ...]
+    informative_mu: Mapping | None
+    sampler: SamplerSettings
+    level: float
+
+    @property
+    def priors(self) -> Mapping:
+        """The ``prior_mu``/``prior_tau`` pair, as :class:`~alliancemeta.studies.bayes.priors.MetaPriors` reads it."""
+        return {"prior_mu": self.prior_mu, "prior_tau": self.prior_tau}
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> BayesSettings:
+        bayes = config["bayes"]
+        return cls(
+            prior_mu=_frozen(bayes["prior_mu"]),
+            prior_tau=_frozen(bayes["prior_tau"]),
+            sensitivity_priors=_frozen(bayes["sensitivity_priors"]),
+            informative_mu=_frozen(bayes["informative_mu"]),
+            sampler=SamplerSettings.from_config(bayes, "bayes"),
+            level=float(config["meta"]["level"]),
+        )
+
+
+class StudyDataset(NamedTuple):
+    """One study-level dataset (config ``studies.NAME``)."""
+
+    dataset: Dataset
+    path: str
+    moderators: tuple[str, ...]
+
+
+class SessionDataset(NamedTuple):
+    """One session-level dataset (config ``sessions.NAME``) with the session-level model settings."""
+
+    dataset: Dataset
+    path: str
+    outcome_lower_is_better: bool
+    groups: tuple[str, ...]
+    sampler: SamplerSettings
+    level: float
+
+
+class Settings(NamedTuple):
+    """Everything a run needs, per stage."""
+
+    seed: int
+    meta: MetaSettings
+    bayes: BayesSettings
+    studies: Mapping[str, StudyDataset]
+    sessions: Mapping[str, SessionDataset]
+    config: Mapping  # the complete, validated configuration (for provenance)
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> Settings:
+        """Settings from a config that has been validated against the schema (defaults filled in)."""
+        meta = MetaSettings.from_config(config)
+        session_sampler = SamplerSettings.from_config(config["sessions_bayes"], "sessions_bayes")
+        studies = {
+            name: StudyDataset(Dataset(name, bool(entry["synthetic"])), str(entry["path"]), tuple(entry["moderators"]))
+            for name, entry in config["studies"].items()
+        }
+        sessions = {
+            name: SessionDataset(
+                Dataset(name, bool(entry["synthetic"])),
+                str(entry["path"]),
+                bool(entry["outcome_lower_is_better"]),
+                tuple(entry["groups"]),
+                session_sampler,
+                meta.level,
+            )
+            for name, entry in config["sessions"].items()
+        }
+        return cls(
+            seed=int(config["seed"]),
+            meta=meta,
+            bayes=BayesSettings.from_config(config),
+            studies=FrozenDict(studies),
+            sessions=FrozenDict(sessions),
+            config=_frozen(config),
+        )
+
+
+def validate_config(config: Mapping, schema_path: str | os.PathLike = SCHEMA) -> dict:
+    """Validate ``config`` against the JSON-Schema and return a copy with every default filled in.
+
+    Defaults are applied the way Snakemake's ``validate(..., set_default=True)`` applies them: for every
+    object in the instance, each property the schema gives a ``default`` and the instance lacks is added,
+    recursively (including the schema of ``additionalProperties``, e.g. each dataset entry).
+    """
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    instance = copy.deepcopy(dict(config))
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(instance), key=lambda e: list(map(str, e.path)))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ConfigError(f"config {key}: {err.message}")
+    _fill_defaults(instance, schema, schema)
+    return instance
+
+
+def _resolve(node: Mapping, root: Mapping) -> Mapping:
+    while "$ref" in node:
+        ref = node["$ref"]
+        if not ref.startswith("#/"):
+            raise ConfigError(f"unsupported schema reference {ref!r}")
+        target = root
+        for part in ref[2:].split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
+def _fill_defaults(instance, node: Mapping, root: Mapping) -> None:
+    node = _resolve(node, root)
+    if isinstance(instance, dict):
+        for key, sub in node.get("properties", {}).items():
+            sub = _resolve(sub, root)
+            if key not in instance and "default" in sub:
+                instance[key] = copy.deepcopy(sub["default"])
+            if key in instance:
+                _fill_defaults(instance[key], sub, root)
+        extra = node.get("additionalProperties")
+        if isinstance(extra, Mapping):
+            for key, value in instance.items():
+                if key not in node.get("properties", {}):
+                    _fill_defaults(value, extra, root)
+    elif isinstance(instance, list) and isinstance(node.get("items"), Mapping):
+        for item in instance:
+            _fill_defaults(item, node["items"], root)
+
+
+def load_settings(config: Mapping | str | os.PathLike, schema_path: str | os.PathLike = SCHEMA) -> Settings:
+    """Settings from a config mapping or YAML file, validated and completed with the schema's defaults."""
+    if not isinstance(config, Mapping):
+        import yaml
+
+        config = yaml.safe_load(Path(config).read_text()) or {}
+    return Settings.from_config(validate_config(config, schema_path))
