@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from alliancemeta.studies import influence as infl
+from alliancemeta.studies.influence.deletions import deletion_fits
+from alliancemeta.studies.influence.diagnostics import influence, leave1out
 from alliancemeta.studies.random_effects import random_effects
 
 SIZES = (300, 1_000, 10_000)
@@ -45,9 +46,9 @@ def vectorised(fit) -> float:
     best = np.inf
     for _ in range(REPEATS):
         t0 = time.perf_counter()
-        d = infl.deletion_fits(fit)
-        infl.leave1out(fit, d)
-        infl.influence(fit, d)
+        d = deletion_fits(fit)
+        leave1out(fit, d)
+        influence(fit, d)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -93,7 +94,7 @@ def main() -> bool:
         for method in METHODS:
             fit = random_effects(yi, vi, method=method, test=TEST)
             t_vec = vectorised(fit)
-            iters = int(infl.deletion_fits(fit).iterations.max())
+            iters = int(deletion_fits(fit).iterations.max())
             t_ref = refits(fit) if k <= REFIT_MAX_K else None
             t_r = metafor_seconds(yi, vi, method) if k <= REFIT_MAX_K else None
             target = TARGETS.get(k)

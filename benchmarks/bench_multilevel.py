@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alliancemeta.studies.multilevel import robust_cr2, three_level
+from alliancemeta.studies.multilevel.model import three_level
+from alliancemeta.studies.multilevel.robust import robust_cr2
 
 SIZES = ((1_000, 300), (10_000, 3_000), (100_000, 30_000))
 SEED = 20261121

@@ -19,11 +19,10 @@ import tempfile
 import time
 
 from alliancemeta.core.tables import write_csv
+from alliancemeta.pipeline.sessions import client_level_table, descriptives_table, ruptures_table, site_effects_table
 from alliancemeta.sessions.bayes import DEFAULT_SETTINGS, build_within_between_model, sample_model
 from alliancemeta.sessions.data import decompose_alliance
-from alliancemeta.sessions.descriptives import client_level_table, descriptives_table, ruptures_table
 from alliancemeta.sessions.models import fit_session_models
-from alliancemeta.sessions.sites import site_effects_table
 from alliancemeta.sessions.synthetic import simulate_sessions
 
 SIZES = (100, 300, 1000, 3000)

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 from conftest import as_array, assert_close, load_ref
 
-from alliancemeta.studies import bias, influence
+from alliancemeta.studies.bias.failsafe import fsn_rosenthal
+from alliancemeta.studies.bias.rank import ranktest
+from alliancemeta.studies.bias.regression_tests import peese, pet, regtest
+from alliancemeta.studies.bias.selection import selmodel_stepfun
+from alliancemeta.studies.bias.trim_and_fill import trimfill
+from alliancemeta.studies.influence.cumulative import cumul
+from alliancemeta.studies.influence.deletions import deletion_fits
+from alliancemeta.studies.influence.diagnostics import baujat, influence, leave1out
 from alliancemeta.studies.random_effects import random_effects
 
 REF = load_ref("bias")["cases"]
@@ -34,7 +41,7 @@ def model(name: str):
 
 @cache
 def deleted(name: str):
-    return influence.deletion_fits(model(name))
+    return deletion_fits(model(name))
 
 
 def test_fixture_versions():
@@ -51,7 +58,7 @@ def test_crede2010_imputes_on_the_right():
 @pytest.mark.parametrize("name", _with("regtest"))
 def test_regtest(name):
     ref = MODELS[name]["regtest"]
-    r = bias.regtest(model(name))
+    r = regtest(model(name))
     assert_close(r.stat, ref["zval"], what="zval")
     assert_close(r.pval, ref["pval"], what="pval")
     assert_close(r.est, ref["est"], what="limit estimate")
@@ -65,7 +72,7 @@ def test_regtest(name):
 def test_ranktest(name):
     ref = MODELS[name]["ranktest"]
     fit = model(name)
-    r = bias.ranktest(fit.yi, fit.vi)
+    r = ranktest(fit.yi, fit.vi)
     assert_close(r.tau, ref["tau"], what="tau")
     assert_close(r.pval, ref["pval"], what="pval")
     # R warns "Cannot compute exact p-value with ties" exactly when it falls back to the normal approximation
@@ -74,14 +81,14 @@ def test_ranktest(name):
 
 def test_ranktest_exact_branch_is_covered():
     fit = model("molloy2014_untied_REML_knha")
-    assert bias.ranktest(fit.yi, fit.vi).exact
+    assert ranktest(fit.yi, fit.vi).exact
 
 
 @pytest.mark.parametrize("estimator", ["L0", "R0"])
 @pytest.mark.parametrize("name", _with("trimfill_L0"))
 def test_trimfill(name, estimator):
     ref = MODELS[name][f"trimfill_{estimator}"]
-    r = bias.trimfill(model(name), estimator)
+    r = trimfill(model(name), estimator)
     assert r.side == ref["side"]
     assert r.k0 == ref["k0"]
     for mine, key in [
@@ -101,7 +108,7 @@ def test_trimfill(name, estimator):
 def test_pet_peese(name, which):
     ref = MODELS[name][which]
     fit = model(name)
-    r = getattr(bias, which)(fit.yi, fit.vi)
+    r = {"pet": pet, "peese": peese}[which](fit.yi, fit.vi)
     for key in (
         "intercept",
         "se",
@@ -127,7 +134,7 @@ def test_pet_peese(name, which):
 @pytest.mark.parametrize("name", _with("selmodel"))
 def test_selmodel(name):
     ref = MODELS[name]["selmodel"]
-    r = bias.selmodel_stepfun(model(name), steps=(0.025,))
+    r = selmodel_stepfun(model(name), steps=(0.025,))
     for mine, key in [
         (r.beta, "beta"), (r.se, "se"), (r.zval, "zval"), (r.pval, "pval"), (r.ci_lb, "ci_lb"),
         (r.ci_ub, "ci_ub"), (r.tau2, "tau2"), (r.se_tau2, "se_tau2"), (r.ll, "ll"), (r.ll0, "ll0"),
@@ -148,7 +155,7 @@ def test_selmodel_metafor_default_optimizer_stops_short(name):
     """Documents why the fixture uses nlminb: metafor's default BFGS fit is ~1e-5 from the optimum,
     while the log-likelihood there agrees to 1e-9 (a flat maximum)."""
     ref = MODELS[name]["selmodel_default"]
-    r = bias.selmodel_stepfun(model(name))
+    r = selmodel_stepfun(model(name))
     assert_close(r.ll, ref["ll"], rtol=1e-8)
     assert_close(r.beta, ref["beta"], rtol=1e-3)
 
@@ -157,7 +164,7 @@ def test_selmodel_metafor_default_optimizer_stops_short(name):
 def test_fsn(name):
     ref = MODELS[name]["fsn"]
     fit = model(name)
-    r = bias.fsn_rosenthal(fit.yi, fit.vi)
+    r = fsn_rosenthal(fit.yi, fit.vi)
     assert r.fsnum == ref["fsnum"]
     assert_close(r.pval, ref["pval"], what="pval")
 
@@ -176,7 +183,7 @@ TAU2_ATOL = 1e-11
 @pytest.mark.parametrize("name", _with("influence"))
 def test_influence(name):
     ref = MODELS[name]["influence"]
-    inf = influence.influence(model(name), deleted(name))
+    inf = influence(model(name), deleted(name))
     for attr, key in INFLUENCE_FIELDS:
         assert_close(getattr(inf, attr), ref[key], atol=TAU2_ATOL, what=key)
     assert_close(inf.dfbetas[:, 0], ref["dfbs"], atol=TAU2_ATOL, what="dfbs")
@@ -189,7 +196,7 @@ LOO_FIELDS = ("estimate", "se", "stat", "pval", "ci_lb", "ci_ub", "Q", "Qp", "ta
 @pytest.mark.parametrize("name", _with("leave1out"))
 def test_leave1out(name):
     ref = MODELS[name]["leave1out"]
-    loo = influence.leave1out(model(name), deleted(name))
+    loo = leave1out(model(name), deleted(name))
     for key in LOO_FIELDS:
         assert_close(getattr(loo, key), ref[key], atol=TAU2_ATOL, what=key)
 
@@ -198,7 +205,7 @@ def test_leave1out(name):
 def test_cumul(name):
     ref = MODELS[name]["cumul"]
     data = DATASETS[MODELS[name]["dataset"]]
-    cu = influence.cumul(model(name), order=as_array(data["year"]))
+    cu = cumul(model(name), order=as_array(data["year"]))
     np.testing.assert_array_equal(cu.order + 1, as_array(ref["order"]).astype(int))
     for key in LOO_FIELDS:
         assert_close(getattr(cu, key), ref[key], atol=TAU2_ATOL, what=key)
@@ -207,6 +214,6 @@ def test_cumul(name):
 @pytest.mark.parametrize("name", _with("baujat"))
 def test_baujat(name):
     ref = MODELS[name]["baujat"]
-    b = influence.baujat(model(name), deleted(name))
+    b = baujat(model(name), deleted(name))
     assert_close(b.x, ref["x"], what="x")
     assert_close(b.y, ref["y"], atol=TAU2_ATOL, what="y")

@@ -21,8 +21,8 @@ import pytest
 from conftest import ATOL, ROOT, RTOL, as_array, assert_close, load_ref
 
 from alliancemeta.core.effects import escalc_cor
-from alliancemeta.studies.multilevel import reml_loglik, three_level
 from alliancemeta.studies.multilevel.influence import multilevel_influence, multilevel_influence_at
+from alliancemeta.studies.multilevel.model import reml_loglik, three_level
 
 CASES: dict = load_ref("influence_multilevel")["cases"]
 

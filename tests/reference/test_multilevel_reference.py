@@ -19,7 +19,9 @@ import pytest
 from conftest import ATOL, ROOT, RTOL, as_array, assert_close, load_ref
 
 from alliancemeta.core.effects import escalc_cor
-from alliancemeta.studies.multilevel import aggregate_within_studies, robust_cr2, three_level
+from alliancemeta.studies.multilevel.aggregate import aggregate_within_studies
+from alliancemeta.studies.multilevel.model import three_level
+from alliancemeta.studies.multilevel.robust import robust_cr2
 
 CASES: dict = load_ref("multilevel")["cases"]
 FIT_CASES = sorted(k for k in CASES if k.split("/")[0] in ("three_level", "metareg", "boundary"))

@@ -267,9 +267,10 @@ def _fill_defaults(instance, node: Mapping, root: Mapping) -> None:
     node = _resolve(node, root)
     if isinstance(instance, dict):
         for key, sub in node.get("properties", {}).items():
-            sub = _resolve(sub, root)
-            if key not in instance and "default" in sub:
-                instance[key] = copy.deepcopy(sub["default"])
+            # a default may sit next to a $ref (the referenced schema then describes the value)
+            default = sub.get("default", _resolve(sub, root).get("default"))
+            if key not in instance and ("default" in sub or "default" in _resolve(sub, root)):
+                instance[key] = copy.deepcopy(default)
             if key in instance:
                 _fill_defaults(instance[key], sub, root)
         extra = node.get("additionalProperties")

@@ -9,7 +9,7 @@ import pandas as pd
 
 from alliancemeta.studies.synthetic import simulate_studies
 
-RAW = Path(__file__).resolve().parents[2] / "data" / "raw"
+RAW = Path(__file__).resolve().parents[3] / "data" / "raw"
 
 
 def test_readme_checksums_match_files():

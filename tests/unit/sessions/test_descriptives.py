@@ -10,24 +10,20 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from alliancemeta.sessions.data import read_session_table
-from alliancemeta.sessions.descriptives import (
+from alliancemeta.pipeline.sessions import (
     CLIENT_LEVEL_COLUMNS,
     DESCRIPTIVE_COLUMNS,
-    EARLY_SESSIONS,
-    MAD_TO_SD,
     RUPTURE_COLUMNS,
-    client_change,
     client_level_table,
     descriptives_table,
-    detect_ruptures,
-    fisher_correlation,
-    fluctuation_sd,
     ruptures_table,
 )
+from alliancemeta.sessions.data import read_session_table
+from alliancemeta.sessions.descriptives import EARLY_SESSIONS, client_change, fisher_correlation
+from alliancemeta.sessions.ruptures import MAD_TO_SD, detect_ruptures, fluctuation_sd
 from alliancemeta.sessions.synthetic import simulate_sessions
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BUNDLED = ROOT / "data" / "raw" / "alliance_sessions_synthetic.csv"
 TRUTH = json.loads((ROOT / "data" / "raw" / "alliance_sessions_synthetic.truth.json").read_text())
 #: Share of the simulated, observed rupture episodes that the rule must find at the simulated
@@ -66,7 +62,7 @@ def test_descriptives_sections_and_counts(bundled):
 def test_descriptives_without_optional_columns():
     frame = pd.DataFrame({"client": ["a", "a", "b", "b"], "session": [1, 2, 1, 2],
                           "alliance": [1.0, 2.0, 3.0, 4.0], "outcome": [5.0, 4.0, 6.0, 5.0]})  # fmt: skip
-    table = descriptives_table(frame)
+    table = descriptives_table(frame, [])
     overall = table.iloc[0]
     assert np.isnan(overall["n_therapists"]) and np.isnan(overall["alliance_bond_mean"])
     assert overall["sessions_per_client_mean"] == 2
@@ -165,9 +161,9 @@ def test_client_change_definitions(bundled):
 
 def test_client_level_sign_and_groups():
     frame, _ = simulate_sessions(4, n_sites=2, n_therapists=6, n_clients=80)
-    better_low = client_level_table(frame, True, ["format"])
+    better_low = client_level_table(frame, True, ["format"], 0.95)
     assert tuple(better_low.columns) == CLIENT_LEVEL_COLUMNS
-    better_high = client_level_table(frame, False, ["format"])
+    better_high = client_level_table(frame, False, ["format"], 0.95)
     np.testing.assert_allclose(better_low["r"], -better_high["r"])  # the convention only flips the sign
     overall = better_low.iloc[0]
     assert (overall["group"], overall["level"]) == ("all", "all")

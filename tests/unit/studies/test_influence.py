@@ -13,10 +13,21 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from alliancemeta.core.effects import escalc_cor
-from alliancemeta.studies import influence as infl
+from alliancemeta.studies.influence.cumulative import cumul
+from alliancemeta.studies.influence.deletions import (
+    MAX_POWER,
+    SERIES_MAX_RATIO,
+    SERIES_MAX_TERMS,
+    SERIES_TOL,
+    _DeletionSums,
+    _features,
+    _terms_needed,
+    deletion_fits,
+)
+from alliancemeta.studies.influence.diagnostics import baujat, influence, leave1out
 from alliancemeta.studies.random_effects import ESTIMATORS, TAU2_THRESHOLD, random_effects
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
 
 #: Agreement with full refits.  Both sides solve for tau^2 to near machine precision, but the
 #: engine's Fisher scoring may stop once tau^2 changes by less than TAU2_THRESHOLD = 1e-12
@@ -58,7 +69,7 @@ def refits(fit):
 
 
 def check_against_refits(fit):
-    d = infl.deletion_fits(fit)
+    d = deletion_fits(fit)
     ref = refits(fit)
 
     def close(mine, theirs, what, atol=REFIT_ATOL, rtol=REFIT_RTOL):
@@ -72,7 +83,7 @@ def check_against_refits(fit):
     close(d.QE, [r.QE for r in ref], "QE")
     close(d.s2w, [r.s2w for r in ref], "s2w")
     if fit.p == 1:
-        loo = infl.leave1out(fit, d)
+        loo = leave1out(fit, d)
         close(loo.estimate, [r.estimate for r in ref], "estimate")
         close(loo.se, [r.se[0] for r in ref], "se")
         close(loo.ci_lb, [r.ci_lbs[0] for r in ref], "ci_lb")
@@ -83,7 +94,7 @@ def check_against_refits(fit):
         close(loo.H2, [r.H2 for r in ref], "H2", atol=REFIT_ATOL / d.vt.min())
         close(loo.Qp, [r.QE_pval for r in ref], "Q p-value")
     # influence measures from the refits, written out from their definitions
-    inf = infl.influence(fit, d)
+    inf = influence(fit, d)
     X = fit.X
     dfb = np.array([fit.beta - r.beta for r in ref])
     cooks = np.einsum("ni,ij,nj->n", dfb, np.linalg.inv(fit.vb), dfb)
@@ -136,12 +147,12 @@ def test_series_and_pairwise_sums_agree():
     """The power series and the exact pairwise sums are two evaluations of the same totals."""
     yi, vi = simulated(500, 11)
     X = np.ones((500, 1))
-    F = infl._features(X, yi - yi.mean())
-    sums = infl._DeletionSums(vi, F, center=0.01)
+    F = _features(X, yi - yi.mean())
+    sums = _DeletionSums(vi, F, center=0.01)
     rng = np.random.default_rng(0)
     idx = np.arange(500)
     scale = sums.scale
-    t = 0.01 + rng.uniform(-1, 1, 500) * infl.SERIES_MAX_RATIO / scale * 0.99
+    t = 0.01 + rng.uniform(-1, 1, 500) * SERIES_MAX_RATIO / scale * 0.99
     t = np.maximum(t, 0.0)
     for power in (1, 2, 3):
         series = sums.sums(idx, t, power)
@@ -155,8 +166,8 @@ def test_series_and_pairwise_sums_agree():
 
 def test_far_deletions_use_the_exact_path():
     yi, vi = simulated(20, 5)
-    F = infl._features(np.ones((20, 1)), yi)
-    sums = infl._DeletionSums(vi, F, center=0.0)
+    F = _features(np.ones((20, 1)), yi)
+    sums = _DeletionSums(vi, F, center=0.0)
     far = np.full(20, 10.0 / sums.scale)
     np.testing.assert_allclose(sums.sums(np.arange(20), far, 2), sums._pairwise(np.arange(20), far, 2), rtol=1e-15)
     assert sums.exact_rows == 20
@@ -165,19 +176,19 @@ def test_far_deletions_use_the_exact_path():
 def test_terms_needed_bounds_the_first_omitted_term():
     from scipy.special import comb
 
-    for q in (1e-6, 0.01, 0.1, infl.SERIES_MAX_RATIO):
+    for q in (1e-6, 0.01, 0.1, SERIES_MAX_RATIO):
         for a in (1, 2, 3):
-            M = infl._terms_needed(q, a)
-            assert comb(a + M, M + 1) * q ** (M + 1) <= infl.SERIES_TOL / 2
+            M = _terms_needed(q, a)
+            assert comb(a + M, M + 1) * q ** (M + 1) <= SERIES_TOL / 2
             if M > 0:
-                assert comb(a + M - 1, M) * q**M > infl.SERIES_TOL / 2 * (1 - 1e-12)  # M is minimal
-    assert infl.SERIES_MAX_TERMS >= infl._terms_needed(infl.SERIES_MAX_RATIO, infl.MAX_POWER)
+                assert comb(a + M - 1, M) * q**M > SERIES_TOL / 2 * (1 - 1e-12)  # M is minimal
+    assert SERIES_MAX_TERMS >= _terms_needed(SERIES_MAX_RATIO, MAX_POWER)
 
 
 def test_influence_flags_a_planted_outlier():
     yi, vi = simulated(30, 2, tau=0.02)
     yi[4] = 1.5
-    inf = infl.influence(random_effects(yi, vi, method="REML", test="knha"))
+    inf = influence(random_effects(yi, vi, method="REML", test="knha"))
     assert inf.inf[4]
     assert np.argmax(np.abs(inf.rstudent)) == 4
     assert inf.weight.sum() == pytest.approx(100.0)
@@ -186,7 +197,7 @@ def test_influence_flags_a_planted_outlier():
 def test_baujat_x_sums_to_generalised_q():
     yi, vi, _ = molloy()
     fit = random_effects(yi, vi, method="REML")
-    b = infl.baujat(fit)
+    b = baujat(fit)
     w = 1.0 / (vi + fit.tau2)
     assert b.x.sum() == pytest.approx(np.sum(w * (yi - fit.estimate) ** 2), rel=1e-12)
     assert np.all(b.y >= 0)
@@ -197,7 +208,7 @@ def test_cumulative_steps_are_fits_of_growing_prefixes():
     fit = random_effects(yi, vi, method="REML", test="knha")
     year = year.copy()
     year[3] = np.nan  # missing years go last
-    cu = infl.cumul(fit, order=year)
+    cu = cumul(fit, order=year)
     assert cu.order[-1] == 3
     np.testing.assert_array_equal(cu.order, np.argsort(year, kind="stable"))
     first = random_effects(yi[cu.order[:1]], vi[cu.order[:1]], method="REML", test="z")
@@ -210,55 +221,19 @@ def test_cumulative_steps_are_fits_of_growing_prefixes():
 
 def test_input_order_without_years():
     yi, vi, _ = molloy()
-    cu = infl.cumul(random_effects(yi, vi))
+    cu = cumul(random_effects(yi, vi))
     np.testing.assert_array_equal(cu.order, np.arange(yi.size))
 
 
 def test_too_few_effects_and_moderators_are_refused():
     yi, vi = simulated(2, 1)
     with pytest.raises(ValueError, match="k > p"):
-        infl.deletion_fits(random_effects(yi, vi))
+        deletion_fits(random_effects(yi, vi))
     yi, vi = simulated(10, 1)
     X = np.column_stack([np.ones(10), np.arange(10.0)])
     with pytest.raises(ValueError, match="intercept-only"):
-        infl.leave1out(random_effects(yi, vi, X=X))
+        leave1out(random_effects(yi, vi, X=X))
     with pytest.raises(ValueError, match="intercept-only"):
-        infl.cumul(random_effects(yi, vi, X=X))
+        cumul(random_effects(yi, vi, X=X))
 
 
-def test_write_influence_tables(tmp_path):
-    yi, vi, year = molloy()
-    studies = tmp_path / "studies.csv"
-    pd.DataFrame({"study": [f"s{i}" for i in range(yi.size)], "yi": yi, "vi": vi, "year": year}).to_csv(
-        studies, index=False
-    )
-    paths = [tmp_path / f"{n}.csv" for n in ("influence", "cumulative", "baujat")]
-    infl.write_influence(studies, *paths, method="REML", test="knha")
-    table = pd.read_csv(paths[0])
-    assert list(table.columns[:15]) == [
-        "study", "rstudent", "dffits", "cooks_distance", "cov_ratio", "tau2_del", "QE_del", "hat", "weight",
-        "loo_estimate", "loo_se", "loo_ci_lb", "loo_ci_ub", "loo_tau2", "loo_I2",
-    ]  # fmt: skip
-    assert len(table) == yi.size and table["weight"].sum() == pytest.approx(100)
-    cumulative = pd.read_csv(paths[1])
-    assert (cumulative["order_by"] == "year").all() and cumulative["order_value"].is_monotonic_increasing
-    # without years the table says so
-    pd.DataFrame({"study": [f"s{i}" for i in range(yi.size)], "yi": yi, "vi": vi}).to_csv(studies, index=False)
-    infl.write_influence(studies, *paths, method="DL", test="z")
-    assert (pd.read_csv(paths[1])["order_by"] == "input").all()
-    assert list(pd.read_csv(paths[2]).columns) == ["study", "x", "y"]
-
-
-def test_write_influence_with_two_effect_sizes_logs_and_writes_nan(tmp_path, caplog):
-    studies = tmp_path / "studies.csv"
-    pd.DataFrame({"study": ["a", "b"], "yi": [0.2, 0.4], "vi": [0.01, 0.02], "year": [2001, 2000]}).to_csv(
-        studies, index=False
-    )
-    paths = [tmp_path / f"{n}.csv" for n in ("influence", "cumulative", "baujat")]
-    with caplog.at_level("WARNING", logger="alliancemeta.studies.influence"):
-        infl.write_influence(studies, *paths, method="REML", test="knha")
-    assert "not computed" in caplog.text and "k > p + 1" in caplog.text
-    table = pd.read_csv(paths[0])
-    assert table["rstudent"].isna().all() and table["weight"].sum() == pytest.approx(100)
-    assert list(pd.read_csv(paths[1])["study"]) == ["b", "a"]  # by year
-    assert pd.read_csv(paths[2])["y"].isna().all()

@@ -1,4 +1,4 @@
-"""Two-stage pooling over sites and the file-writing entry points that need no sampling."""
+"""The sessions stage: two-stage pooling over sites and the writers that need no sampling."""
 
 from __future__ import annotations
 
@@ -6,13 +6,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from alliancemeta.core.settings import Dataset, SamplerSettings, SessionDataset
 from alliancemeta.core.tables import write_csv
-from alliancemeta.pipeline.sessions import write_session_descriptives, write_site_effects
+from alliancemeta.pipeline.sessions import (
+    CLIENT_LEVEL_COLUMNS,
+    DESCRIPTIVE_COLUMNS,
+    RUPTURE_COLUMNS,
+    SITE_COLUMNS,
+    site_effects_table,
+    write_session_descriptives,
+    write_site_effects,
+)
 from alliancemeta.sessions.data import decompose_alliance
-from alliancemeta.sessions.descriptives import CLIENT_LEVEL_COLUMNS, DESCRIPTIVE_COLUMNS, RUPTURE_COLUMNS
-from alliancemeta.sessions.sites import SITE_COLUMNS, site_effects_table
 from alliancemeta.sessions.synthetic import simulate_sessions
 from alliancemeta.studies.random_effects import random_effects
+
+
+def _settings(path) -> SessionDataset:
+    sampler = SamplerSettings(100, 100, 2, "nutpie", 0.9, 0.99, "sessions_bayes")
+    return SessionDataset(Dataset("test_synthetic", True), str(path), True, ("gender", "format"), sampler, 0.95)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +35,7 @@ def frame():
 
 @pytest.fixture(scope="module")
 def table(frame):
-    return site_effects_table(decompose_alliance(frame[0], True), method="REML", test="knha")
+    return site_effects_table(decompose_alliance(frame[0], True), "REML", "knha", 0.95)
 
 
 def test_stage_one_and_two_rows(frame, table):
@@ -52,23 +64,23 @@ def test_pooled_lagged_effect_is_near_the_truth(frame, table):
 def test_one_site_is_refused(frame):
     one = frame[0].assign(site="s1")
     with pytest.raises(ValueError, match="at least two sites"):
-        site_effects_table(decompose_alliance(one, True))
+        site_effects_table(decompose_alliance(one, True), "REML", "knha", 0.95)
 
 
 def test_writers(tmp_path, frame):
     data, _ = frame
     src = tmp_path / "sessions.csv"
     write_csv(data, src)
-    write_session_descriptives(src, tmp_path / "d.csv", tmp_path / "r.csv", tmp_path / "c.csv",
-                               outcome_lower_is_better=True, groups=["gender", "format"])  # fmt: skip
+    settings = _settings(src)
+    write_session_descriptives(src, tmp_path / "d.csv", tmp_path / "r.csv", tmp_path / "c.csv", settings=settings)
     for name, columns in (("d.csv", DESCRIPTIVE_COLUMNS), ("r.csv", RUPTURE_COLUMNS), ("c.csv", CLIENT_LEVEL_COLUMNS)):
         assert tuple(pd.read_csv(tmp_path / name).columns) == columns
-    write_site_effects(src, tmp_path / "s.csv", outcome_lower_is_better=True, method="DL", test="z")
+    write_site_effects(src, tmp_path / "s.csv", settings=settings, meta_method="DL", meta_test="z")
     sites = pd.read_csv(tmp_path / "s.csv")
     assert set(sites.loc[sites["site"] == "pooled", "method"]) == {"DL"}
     no_site = tmp_path / "nosite.csv"
     write_csv(data.drop(columns="site"), no_site)
     with pytest.raises(ValueError, match="'site' column"):
-        write_site_effects(no_site, tmp_path / "x.csv", outcome_lower_is_better=True)
+        write_site_effects(no_site, tmp_path / "x.csv", settings=settings, meta_method="REML", meta_test="knha")
     assert not (tmp_path / "x.csv").exists()
     assert np.isfinite(sites["estimate"]).all()

@@ -17,23 +17,22 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
+from alliancemeta.core.settings import validate_config
 from alliancemeta.studies.bayes import quadrature as quad
-from alliancemeta.studies.bayes.averaging import AVERAGING_COLUMNS, _Mixture, model_averaging, write_exact_tables
+from alliancemeta.studies.bayes.averaging import _Mixture, model_averaging
 from alliancemeta.studies.bayes.priors import (
-    DEFAULT_SENSITIVITY_PRIORS,
     EARLIER_ALLIANCE_R,
-    FLUCKIGER_2018,
     MU_DISTS,
+    POOLED_2018,
     TAU_DISTS,
     MetaPriors,
     PriorError,
-    informative_mu_prior,
     normal_prior_from_pooled,
     parse_prior,
 )
 from alliancemeta.studies.bayes.quadrature import exact_posterior, prior_sensitivity
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 #: Quadrature vs brute force: the 2-D Simpson grid below is accurate to ~1e-7 relative, so the
 #: comparison is limited by the grid, not by the quadrature.
@@ -58,8 +57,11 @@ def with_tau(spec):
 # priors
 # --------------------------------------------------------------------------------------------------
 
+#: The configuration's defaults, read from the schema (where every default is written once).
+CONFIG_DEFAULTS = validate_config({})
+
 TAU_SPECS = [
-    *DEFAULT_SENSITIVITY_PRIORS,
+    *CONFIG_DEFAULTS["bayes"]["sensitivity_priors"],
     {"dist": "halfstudent_t", "nu": 3, "sigma": 0.3},
     {"dist": "inversegamma", "alpha": 1, "beta": 0.15, "on": "tau2"},
     {"dist": "uniform", "lower": 0.01, "upper": 1.5},
@@ -112,22 +114,22 @@ def test_bad_prior_specs_name_the_key(spec, allowed, message):
 
 
 def test_config_defaults_and_unknown_mu_prior():
-    priors = MetaPriors.from_config({})
+    priors = MetaPriors.from_config(CONFIG_DEFAULTS["bayes"])
     assert priors.label == "mu ~ Normal(0, 1); tau ~ HalfNormal(0.5)"
     with pytest.raises(PriorError, match=r"bayes\.prior_mu: unknown prior distribution 'cauchy'"):
         MetaPriors.from_config({"prior_mu": {"dist": "cauchy", "beta": 1}})
 
 
 def test_informative_prior_derivation():
-    prior = normal_prior_from_pooled(*FLUCKIGER_2018, earlier_r=EARLIER_ALLIANCE_R)
+    prior = normal_prior_from_pooled(*POOLED_2018, earlier_r=EARLIER_ALLIANCE_R)
     se = (np.arctanh(0.299) - np.arctanh(0.256)) / (2 * stats.norm.ppf(0.975))
     between = np.std(np.arctanh(EARLIER_ALLIANCE_R), ddof=1)
     assert prior["mu"] == pytest.approx(np.arctanh(0.278), rel=1e-15)
     assert prior["sigma"] == pytest.approx(np.sqrt(se**2 + between**2), rel=1e-14)
-    # the values documented for config bayes.informative_mu, rounded to 4 decimals
-    assert (round(prior["mu"], 4), round(prior["sigma"], 4)) == (0.2855, 0.0308)
-    assert informative_mu_prior({}) == prior.as_config()
-    assert informative_mu_prior({"informative_mu": None}) is None
+    # the schema default of bayes.informative_mu is this derivation rounded to 4 decimals
+    default = CONFIG_DEFAULTS["bayes"]["informative_mu"]
+    assert default["dist"] == "normal"
+    assert (round(prior["mu"], 4), round(prior["sigma"], 4)) == (default["mu"], default["sigma"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -328,30 +330,6 @@ def test_input_errors():
 # --------------------------------------------------------------------------------------------------
 # prior sensitivity
 # --------------------------------------------------------------------------------------------------
-
-
-def test_prior_sensitivity_table(tmp_path):
-    _, _, frame = molloy()
-    studies = tmp_path / "studies.csv"
-    pd.DataFrame({"study": frame["study"], "yi": np.arctanh(frame["r"]), "vi": 1 / (frame["n"] - 3)}).to_csv(
-        studies, index=False)
-    out = tmp_path / "tables" / "prior_sensitivity.csv"
-    averaging = tmp_path / "tables" / "bayes_model_averaging.csv"
-    write_exact_tables(studies, out, averaging, bayes={"prior_mu": {"dist": "normal", "mu": 0, "sigma": 1},
-                                                       "prior_tau": {"dist": "halfnormal", "sigma": 0.5}})
-    assert list(pd.read_csv(averaging).columns) == list(AVERAGING_COLUMNS)
-    table = pd.read_csv(out)
-    assert list(table.columns) == list(quad.SENSITIVITY_COLUMNS)
-    # the configured prior equals the first sensitivity prior, so it is listed once: 4 tau + 1 mu prior
-    assert table["prior"].nunique() == 5
-    assert table["prior_tau"].nunique() >= 4
-    assert table.groupby("prior")["parameter"].apply(list).map(tuple).unique().tolist() == [
-        ("mu", "tau", "r", "theta_new")]
-    informative = table[table["prior_mu"].str.startswith("Normal(0.2855")]
-    assert len(informative) == 4
-    # the informative prior pulls mu towards .2855 (molloy's own estimate is ~.15)
-    base = table[table["prior"] == table["prior"].iloc[0]].set_index("parameter")
-    assert informative.set_index("parameter").loc["mu", "mean"] > base.loc["mu", "mean"] + 0.05
 
 
 def test_prior_sensitivity_rejects_bad_entry_with_its_index():

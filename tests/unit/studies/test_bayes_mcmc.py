@@ -19,17 +19,12 @@ import pytest
 import xarray as xr
 from scipy import integrate, stats
 
-from alliancemeta.core.mcmc import (
-    CompiledModel,
-    SamplerSettings,
-    SamplingError,
-    diagnose,
-    fit,
-    sample,
-    sub_seed,
-)
+from alliancemeta.core.errors import SamplingError
+from alliancemeta.core.mcmc import CompiledModel, diagnose, fit, sample
+from alliancemeta.core.seeds import derive_seed
+from alliancemeta.core.settings import SamplerSettings
 from alliancemeta.core.tables import write_csv
-from alliancemeta.studies.bayes.models import build_meta_model
+from alliancemeta.studies.bayes.models import REPORTED, build_meta_model
 from alliancemeta.studies.bayes.priors import MetaPriors
 from alliancemeta.studies.bayes.quadrature import exact_posterior
 from alliancemeta.studies.bayes.summary import (
@@ -41,10 +36,17 @@ from alliancemeta.studies.bayes.summary import (
     with_study_effects,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PRIORS = MetaPriors.from_config({"prior_mu": {"dist": "normal", "mu": 0, "sigma": 1},
                                  "prior_tau": {"dist": "halfnormal", "sigma": 0.5}})
-SETTINGS = SamplerSettings(draws=1000, tune=1000, chains=4)
+
+
+def sampler(draws=1000, tune=1000, chains=4, sampler="nutpie", target_accept=0.9, retry_target_accept=0.99):
+    """Sampler settings as the config's ``bayes`` section gives them (every key explicit: no defaults in code)."""
+    return SamplerSettings(draws, tune, chains, sampler, target_accept, retry_target_accept, "bayes")
+
+
+SETTINGS = sampler()
 #: MCMC vs exact: a posterior mean differs from the exact one by N(0, MCSE^2); 4 MCSE fails by
 #: chance with probability 6e-5 per comparison.
 N_MCSE = 4.0
@@ -115,7 +117,8 @@ def test_meta_regression_and_equal_effects_structure():
 
 def test_tau2_prior_creates_the_variance_and_its_root():
     yi, vi, _ = molloy()
-    priors = MetaPriors.from_config({"prior_tau": {"dist": "inversegamma", "alpha": 1, "beta": 0.15, "on": "tau2"}})
+    priors = MetaPriors.from_config({"prior_mu": {"dist": "normal", "mu": 0, "sigma": 1},
+                                     "prior_tau": {"dist": "inversegamma", "alpha": 1, "beta": 0.15, "on": "tau2"}})
     model = build_meta_model(yi, vi, priors, marginal=True)
     assert "tau2" in {rv.name for rv in model.free_RVs}
     assert "tau" in {d.name for d in model.deterministics}
@@ -230,15 +233,16 @@ def test_summarise_columns_and_probabilities():
 def test_diagnose_flags_r_hat_ess_and_divergences():
     rng = np.random.default_rng(3)
     good = fake_idata({"mu": rng.normal(size=(4, 500))}, [0.1], [0.01])
-    assert diagnose(good).ok
+    assert diagnose(good, REPORTED).ok
     stuck = rng.normal(size=(4, 500)) + np.array([0, 0, 0, 3.0])[:, None]
-    bad = diagnose(fake_idata({"mu": stuck}, [0.1], [0.01]))
+    bad = diagnose(fake_idata({"mu": stuck}, [0.1], [0.01]), REPORTED)
     assert any("r_hat of mu" in p for p in bad.problems)
     sticky = np.cumsum(rng.normal(size=(4, 500)), axis=1)  # a random walk: tiny ESS
-    assert any("ess_bulk of mu" in p for p in diagnose(fake_idata({"mu": sticky}, [0.1], [0.01])).problems)
+    sticky_diag = diagnose(fake_idata({"mu": sticky}, [0.1], [0.01]), REPORTED)
+    assert any("ess_bulk of mu" in p for p in sticky_diag.problems)
     div = np.zeros((4, 500), bool)
     div[1, 7] = True
-    flagged = diagnose(fake_idata({"mu": rng.normal(size=(4, 500))}, [0.1], [0.01], diverging=div))
+    flagged = diagnose(fake_idata({"mu": rng.normal(size=(4, 500))}, [0.1], [0.01], diverging=div), REPORTED)
     assert flagged.problems == ("1 divergent transition(s) in 2000 draws",)
 
 
@@ -246,7 +250,7 @@ class Scripted(CompiledModel):
     """A 'compiled model' that returns prepared posteriors, recording the target_accept it was given."""
 
     def __init__(self, outcomes):
-        self.settings = SamplerSettings()
+        self.settings = sampler()
         self.backend = "scripted"
         self.outcomes = list(outcomes)
         self.calls = []
@@ -264,23 +268,25 @@ def test_fit_retries_once_with_higher_target_accept_then_fails_loudly():
     bad = fake_idata({"mu": rng.normal(size=(4, 500))}, [0.1], [0.01], diverging=div)
     scripted = Scripted([bad, good])
     with pytest.warns(RuntimeWarning, match="retrying with target_accept=0.99"):
-        result = fit(scripted, None, seed=5, label="demo")
+        result = fit(scripted, None, seed=5, label="demo", var_names=REPORTED)
     assert result.attempts == 2 and result.target_accept == 0.99
     assert scripted.calls == [(5, None, 1), (5, 0.99, 2)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         with pytest.raises(SamplingError, match=r"demo: MCMC did not converge .* 3 divergent transition"):
-            fit(Scripted([bad, bad]), None, seed=5, label="demo")
+            fit(Scripted([bad, bad]), None, seed=5, label="demo", var_names=REPORTED)
 
 
 def test_sampler_settings_validation_and_fallback(monkeypatch):
-    assert SamplerSettings.from_config({"draws": 10, "prior_mu": {}}).draws == 10
+    section = {"draws": 10, "tune": 20, "chains": 2, "sampler": "pymc", "target_accept": 0.8,
+               "retry_target_accept": 0.95, "prior_mu": {}}
+    assert SamplerSettings.from_config(section, "bayes").draws == 10
     with pytest.raises(ValueError, match=r"bayes\.sampler: unknown sampler 'stan'"):
-        SamplerSettings(sampler="stan")
+        sampler(sampler="stan")
     with pytest.raises(ValueError, match=r"bayes\.draws"):
-        SamplerSettings(draws=0)
+        sampler(draws=0)
     with pytest.raises(ValueError, match=r"bayes\.target_accept"):
-        SamplerSettings(target_accept=1.0)
+        sampler(target_accept=1.0)
     import nutpie
 
     def broken(*args, **kwargs):
@@ -289,9 +295,9 @@ def test_sampler_settings_validation_and_fallback(monkeypatch):
     monkeypatch.setattr(nutpie, "compile_pymc_model", broken)
     yi, vi, _ = molloy()
     with pytest.warns(RuntimeWarning, match="falling back to PyMC NUTS"):
-        compiled = CompiledModel(build_meta_model(yi, vi, PRIORS, marginal=True), SamplerSettings())
+        compiled = CompiledModel(build_meta_model(yi, vi, PRIORS, marginal=True), sampler())
     assert compiled.backend == "pymc" and "no numba today" in compiled.fallback_reason
-    assert sub_seed(1, "a") == sub_seed(1, "a") != sub_seed(1, "b")
+    assert derive_seed(1, "a") == derive_seed(1, "a") != derive_seed(1, "b")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,7 +313,7 @@ def compiled_re():
 
 @pytest.fixture(scope="module")
 def re_fit(compiled_re):
-    return fit(compiled_re, None, seed=20261121, label="molloy2014")
+    return fit(compiled_re, None, seed=20261121, label="molloy2014", var_names=REPORTED)
 
 
 def test_mcmc_agrees_with_exact_posterior(re_fit):
@@ -371,7 +377,7 @@ def test_mcmc_parameter_recovery_one_replicate(compiled_re):
     yi = rng.normal(mu + tau * rng.normal(size=vi.size), np.sqrt(vi))
     compiled_re.set_data(yi=yi)
     try:
-        result = fit(compiled_re, None, seed=3, label="recovery")
+        result = fit(compiled_re, None, seed=3, label="recovery", var_names=REPORTED)
     finally:
         compiled_re.set_data(yi=yi0)
     table = summarise(result.idata).set_index("parameter")
@@ -391,7 +397,7 @@ def test_meta_regression_mcmc_agrees_with_exact():
     yi, vi, frame = molloy()
     X = np.column_stack([np.ones(yi.size), (frame["controls"] == "none").astype(float)])
     result = fit(build_meta_model(yi, vi, PRIORS, X=X, terms=["intrcpt", "controlsnone"], marginal=True),
-                 SETTINGS, seed=8, label="regression")
+                 SETTINGS, seed=8, label="regression", var_names=REPORTED)
     mcmc = summarise(result.idata).set_index("parameter")
     exact = exact_posterior(yi, vi, PRIORS, X=X, terms=["intrcpt", "controlsnone"]).summary().set_index("parameter")
     for name in ("intrcpt", "controlsnone", "tau"):
@@ -431,7 +437,7 @@ def test_three_level_mcmc_agrees_with_grid_integration():
     yi, vi, cluster = three_level_data()
     ref = three_level_grid(yi, vi, cluster)
     result = fit(build_meta_model(yi, vi, PRIORS, cluster=cluster, marginal=True), SETTINGS, seed=9,
-                 label="three-level")
+                 label="three-level", var_names=REPORTED)
     mcmc = summarise(result.idata).set_index("parameter")
     for name, value in ref.items():
         # + 2e-4: the grid's own error (spacing 0.006, top 1.0) on the posterior means
@@ -442,7 +448,7 @@ def test_three_level_mcmc_agrees_with_grid_integration():
 def test_pymc_nuts_fallback_samples():
     yi, vi, _ = molloy()
     idata = sample(build_meta_model(yi, vi, PRIORS, marginal=True),
-                   SamplerSettings(draws=300, tune=300, chains=2, sampler="pymc"), seed=4)
+                   sampler(draws=300, tune=300, chains=2, sampler="pymc"), seed=4)
     assert idata.posterior.attrs["sampler"].startswith("pymc")
     assert idata.posterior.sizes["draw"] == 300 and "diverging" in idata.sample_stats
     assert isinstance(idata.posterior, xr.Dataset)

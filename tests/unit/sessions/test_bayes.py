@@ -11,12 +11,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from alliancemeta.core.mcmc import ESS_BULK_MIN, R_HAT_MAX
+from alliancemeta.core.settings import Dataset, SamplerSettings, SessionDataset
 from alliancemeta.core.tables import write_csv
-from alliancemeta.pipeline.sessions import write_session_models
-from alliancemeta.plots.sessions import write_session_figures
-from alliancemeta.sessions.bayes import DIAGNOSTIC_COLUMNS, ESS_MIN, RHAT_MAX, build_within_between_model
+from alliancemeta.pipeline.sessions import (
+    DIAGNOSTIC_COLUMNS,
+    MIXED_MODEL_COLUMNS,
+    VARIANCE_COLUMNS,
+    write_session_figures,
+    write_session_models,
+)
+from alliancemeta.sessions.bayes import build_within_between_model
 from alliancemeta.sessions.data import decompose_alliance
-from alliancemeta.sessions.models import MIXED_MODEL_COLUMNS, TERMS, VARIANCE_COLUMNS
+from alliancemeta.sessions.models import TERMS
 from alliancemeta.sessions.synthetic import simulate_sessions
 
 #: With N(0, 1) priors on standardised coefficients and ~1000 sessions the likelihood dominates:
@@ -71,8 +78,10 @@ def test_write_session_models_and_figures(tmp_path):
     src = tmp_path / "sessions.csv"
     write_csv(frame, src)
     out = {name: tmp_path / name for name in ("mm.csv", "vc.csv", "diag.csv", "posterior.nc")}
+    sampler = SamplerSettings(500, 500, 4, "nutpie", 0.9, 0.99, "sessions_bayes")
+    settings = SessionDataset(Dataset("small_synthetic", True), str(src), True, (), sampler, 0.95)
     write_session_models(src, out["mm.csv"], out["vc.csv"], out["diag.csv"], out["posterior.nc"],
-                         outcome_lower_is_better=True, seed=20261121)  # fmt: skip
+                         settings=settings, seed=20261121)  # fmt: skip
     table = pd.read_csv(out["mm.csv"])
     assert tuple(table.columns) == MIXED_MODEL_COLUMNS
     assert set(table["engine"]) == {"mixedlm", "pymc"}
@@ -85,14 +94,13 @@ def test_write_session_models_and_figures(tmp_path):
     diag = pd.read_csv(out["diag.csv"])
     assert tuple(diag.columns) == DIAGNOSTIC_COLUMNS
     assert diag["passed"].all()
-    assert (diag["r_hat"] <= RHAT_MAX).all() and (diag["ess_bulk"] >= ESS_MIN).all()
+    assert (diag["r_hat"] <= R_HAT_MAX).all() and (diag["ess_bulk"] >= ESS_BULK_MIN).all()
     assert tuple(pd.read_csv(out["vc.csv"]).columns) == VARIANCE_COLUMNS
     idata = az.from_netcdf(out["posterior.nc"])
     assert idata.posterior["beta"].sizes["chain"] == 4
 
-    figures = [tmp_path / f"{n}.{e}" for n in ("trajectories", "coefficients", "posterior") for e in ("pdf", "png")]
-    write_session_figures(src, out["mm.csv"], out["posterior.nc"], *figures, outcome_lower_is_better=True,
-                          dataset="small_synthetic")  # fmt: skip
-    for path in figures:
+    outputs = {n: (tmp_path / f"{n}.pdf", tmp_path / f"{n}.png") for n in ("trajectories", "coefficients", "posterior")}
+    write_session_figures(src, out["mm.csv"], out["posterior.nc"], outputs, settings=settings)
+    for path in [p for pair in outputs.values() for p in pair]:
         head = path.read_bytes()[:8]
         assert head.startswith(b"%PDF") if path.suffix == ".pdf" else head.startswith(b"\x89PNG")

@@ -11,16 +11,10 @@ import pandas as pd
 import pytest
 from scipy import linalg
 
-from alliancemeta.studies.multilevel import (
-    MULTILEVEL_COLUMNS,
-    ThreeLevelREML,
-    aggregate_within_studies,
-    group_clusters,
-    multilevel_table,
-    reml_loglik,
-    robust_cr2,
-    three_level,
-)
+from alliancemeta.studies.multilevel.aggregate import aggregate_within_studies
+from alliancemeta.studies.multilevel.clusters import group_clusters
+from alliancemeta.studies.multilevel.model import ThreeLevelREML, reml_loglik, three_level
+from alliancemeta.studies.multilevel.robust import robust_cr2
 from alliancemeta.studies.random_effects import random_effects
 
 #: Dense and O(k) versions of the same formula differ only by round-off.
@@ -348,30 +342,6 @@ def test_aggregate_errors():
 # --------------------------------------------------------------------------------------------------
 # the pipeline table
 # --------------------------------------------------------------------------------------------------
-
-
-def test_multilevel_table():
-    yi, vi, cluster, _ = simulate(n_clusters=20, seed=17)
-    frame = pd.DataFrame({"study": [f"e{i}" for i in range(yi.size)], "study_id": cluster, "yi": yi, "vi": vi})
-    table = multilevel_table(frame, level=0.95)
-    assert tuple(table.columns[: len(MULTILEVEL_COLUMNS)]) == MULTILEVEL_COLUMNS
-    assert list(table["test"]) == ["z", "t", "cr2"]
-    fit = three_level(yi, vi, cluster, test="t")
-    np.testing.assert_allclose(table["I2"], fit.I2, rtol=1e-15)
-    np.testing.assert_allclose(table["I2_study"] + table["I2_within"], table["I2"], rtol=1e-12)
-    rob = robust_cr2(fit)
-    t_row, cr2_row = table.iloc[1], table.iloc[2]
-    np.testing.assert_allclose(t_row["ci_lb"], fit.ci_lb[0], rtol=1e-12)
-    np.testing.assert_allclose(cr2_row["se"], rob.se[0], rtol=1e-12)
-    np.testing.assert_allclose(cr2_row["pval"], rob.pval[0], rtol=1e-12)
-    np.testing.assert_allclose(table["r"], np.tanh(table["estimate"]), rtol=1e-15)
-    np.testing.assert_allclose(table["r_ci_ub"], np.tanh(table["ci_ub"]), rtol=1e-15)
-    assert (table["k"] == yi.size).all() and (table["n_studies"] == 20).all()
-    assert (table["pi_lb"] < table["ci_lb"]).all()
-    with pytest.raises(ValueError, match="study_id"):
-        multilevel_table(frame.drop(columns="study_id"))
-    with pytest.raises(ValueError, match="unknown multilevel test"):
-        multilevel_table(frame, tests=("knha",))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,19 +10,14 @@ import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
 
+from alliancemeta.core.errors import ConvergenceError
+from alliancemeta.pipeline.sessions import MIXED_MODEL_COLUMNS, mixed_models_table, variance_components_table
 from alliancemeta.sessions import models as sessions_models
 from alliancemeta.sessions.data import aligned_outcome, decompose_alliance, lag_frame, read_session_table
-from alliancemeta.sessions.models import (
-    MIXED_MODEL_COLUMNS,
-    fit_mixed_model,
-    fit_session_models,
-    mixed_models_table,
-    variance_components_table,
-)
+from alliancemeta.sessions.models import fit_mixed_model, fit_session_models
 from alliancemeta.sessions.synthetic import simulate_sessions
-from alliancemeta.studies.random_effects import ConvergenceError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BUNDLED = ROOT / "data" / "raw" / "alliance_sessions_synthetic.csv"
 TRUTH = json.loads((ROOT / "data" / "raw" / "alliance_sessions_synthetic.truth.json").read_text())
 IDENTITY_ATOL = 1e-12  # the decomposition is exact up to round-off on values of about 10

@@ -4,7 +4,6 @@ tests/reference/test_bias_reference.py)."""
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 from pathlib import Path
 
@@ -14,10 +13,14 @@ import pytest
 from scipy import stats
 
 from alliancemeta.core.effects import escalc_cor
-from alliancemeta.studies import bias
+from alliancemeta.studies.bias.failsafe import fsn_rosenthal
+from alliancemeta.studies.bias.rank import _kendall_lower_tail, ranktest
+from alliancemeta.studies.bias.regression_tests import pet, pet_peese, regtest
+from alliancemeta.studies.bias.selection import _ml_loglik, _StepLikelihood, selmodel_stepfun
+from alliancemeta.studies.bias.trim_and_fill import trimfill
 from alliancemeta.studies.random_effects import random_effects
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def molloy():
@@ -54,7 +57,7 @@ def test_kendall_exact_distribution_by_enumeration(n):
     cdf = np.cumsum(counts) / counts.sum()
     for q in range(-1, counts.size + 1):
         expected = 0.0 if q < 0 else 1.0 if q >= counts.size else cdf[q]
-        assert bias._kendall_lower_tail(q, n) == pytest.approx(expected, rel=1e-13, abs=1e-300)
+        assert _kendall_lower_tail(q, n) == pytest.approx(expected, rel=1e-13, abs=1e-300)
 
 
 def test_ranktest_exact_small_tail_is_accurate():
@@ -62,14 +65,14 @@ def test_ranktest_exact_small_tail_is_accurate():
     n = 12
     vi = np.linspace(0.01, 0.05, n)
     yi = 0.3 + 5 * (vi - vi.mean())  # y* strictly increasing in v
-    r = bias.ranktest(yi, vi)
+    r = ranktest(yi, vi)
     assert r.exact and r.tau == pytest.approx(1.0)
     assert r.pval == pytest.approx(2 / math.factorial(n), rel=1e-12)
 
 
 def test_ranktest_ties_use_normal_approximation():
     yi, vi = molloy()
-    r = bias.ranktest(yi, vi)
+    r = ranktest(yi, vi)
     assert not r.exact and -1 <= r.tau <= 1 and 0 < r.pval <= 1
 
 
@@ -77,7 +80,7 @@ def test_ranktest_large_k_without_ties_is_normal():
     rng = np.random.default_rng(1)
     vi = rng.uniform(0.001, 0.05, 400)
     yi = rng.normal(0.2, 0.1, 400)
-    assert not bias.ranktest(yi, vi).exact
+    assert not ranktest(yi, vi).exact
 
 
 # --- Egger, PET, PEESE ----------------------------------------------------------------------------
@@ -85,8 +88,8 @@ def test_ranktest_large_k_without_ties_is_normal():
 
 def test_regtest_uses_the_models_test():
     yi, vi = molloy()
-    knha = bias.regtest(random_effects(yi, vi, test="knha"))
-    z = bias.regtest(random_effects(yi, vi, test="z"))
+    knha = regtest(random_effects(yi, vi, test="knha"))
+    z = regtest(random_effects(yi, vi, test="z"))
     assert knha.ddf == yi.size - 2 and np.isinf(z.ddf)
     assert knha.est == pytest.approx(z.est)  # same point estimate, different inference
     assert knha.fit.X.shape == (yi.size, 2)
@@ -95,7 +98,7 @@ def test_regtest_uses_the_models_test():
 def test_pet_peese_recover_a_line_exactly():
     vi = np.linspace(0.002, 0.05, 20)
     yi = 0.1 + 2.0 * np.sqrt(vi) + 1e-3 * np.sin(np.arange(20))
-    p = bias.pet(yi, vi)
+    p = pet(yi, vi)
     assert p.intercept == pytest.approx(0.1, abs=2e-3) and p.slope == pytest.approx(2.0, abs=2e-2)
     assert p.df == 18
 
@@ -104,7 +107,7 @@ def test_pet_matches_statsmodels_wls():
     sm = pytest.importorskip("statsmodels.api")
     yi, vi = molloy()
     ref = sm.WLS(yi, sm.add_constant(np.sqrt(vi)), weights=1 / vi).fit()
-    p = bias.pet(yi, vi)
+    p = pet(yi, vi)
     assert (p.intercept, p.se, p.tval, p.pval) == pytest.approx(
         (ref.params[0], ref.bse[0], ref.tvalues[0], ref.pvalues[0]), rel=1e-10
     )
@@ -114,15 +117,15 @@ def test_pet_matches_statsmodels_wls():
 
 def test_pet_peese_rule():
     yi, vi = simulated(60, 2, mu=0.3, tau=0.05)  # a genuine effect: PET's intercept is significant
-    pp = bias.pet_peese(yi, vi)
+    pp = pet_peese(yi, vi)
     assert pp.pet_one_sided_p < 0.05 and pp.chosen == "peese" and pp.estimate is pp.peese
     null_y, null_v = simulated(30, 3, mu=0.0, tau=0.0)
-    pp0 = bias.pet_peese(null_y, null_v)
+    pp0 = pet_peese(null_y, null_v)
     assert pp0.chosen == "pet" or pp0.pet_one_sided_p < 0.05
     # the one-sided test follows the expected direction
-    neg = bias.pet_peese(-yi, vi, direction=-1)
+    neg = pet_peese(-yi, vi, direction=-1)
     assert neg.chosen == "peese" and neg.pet_one_sided_p == pytest.approx(pp.pet_one_sided_p)
-    assert bias.pet_peese(-yi, vi, direction=1).chosen == "pet"
+    assert pet_peese(-yi, vi, direction=1).chosen == "pet"
 
 
 # --- trim and fill --------------------------------------------------------------------------------
@@ -130,8 +133,8 @@ def test_pet_peese_rule():
 
 def test_trimfill_mirror_data_mirror_result():
     yi, vi = molloy()
-    a = bias.trimfill(random_effects(yi, vi, method="REML", test="knha"))
-    b = bias.trimfill(random_effects(-yi, vi, method="REML", test="knha"))
+    a = trimfill(random_effects(yi, vi, method="REML", test="knha"))
+    b = trimfill(random_effects(-yi, vi, method="REML", test="knha"))
     assert a.side == "left" and b.side == "right"
     assert a.k0 == b.k0 > 0
     assert b.estimate == pytest.approx(-a.estimate, rel=1e-10)
@@ -140,7 +143,7 @@ def test_trimfill_mirror_data_mirror_result():
 
 def test_trimfill_fills_mirror_images_about_the_trimmed_estimate():
     yi, vi = simulated(40, 2, mu=0.1, tau=0.02, select=True)  # strong selection: k0 = 8 on the left
-    tf = bias.trimfill(random_effects(yi, vi, method="REML"))
+    tf = trimfill(random_effects(yi, vi, method="REML"))
     assert tf.k0 > 0 and tf.yi_fill.size == tf.k0 == tf.vi_fill.size
     assert tf.fit.k == yi.size + tf.k0
     assert tf.estimate < random_effects(yi, vi).estimate  # imputed studies pull the estimate down
@@ -152,7 +155,7 @@ def test_trimfill_symmetric_data_impute_nothing():
     vi = np.full(8, 0.02)
     yi = 0.2 + np.array([-4.1, -3, -2.1, -1, 1.1, 2, 3.1, 4]) * 0.01
     fit = random_effects(yi, vi)
-    tf = bias.trimfill(fit, side="left")
+    tf = trimfill(fit, side="left")
     assert tf.k0 == 0 and tf.fit is fit and tf.yi_fill.size == 0
 
 
@@ -164,7 +167,7 @@ def test_selection_likelihood_derivatives():
     X = np.column_stack([np.ones(25), np.linspace(-1, 1, 25)])
     steps = np.array([0.025, 0.5, 1.0])
     groups = np.searchsorted(steps, stats.norm.sf(yi / np.sqrt(vi)))
-    lik = bias._StepLikelihood(yi, vi, X, steps, groups, None)
+    lik = _StepLikelihood(yi, vi, X, steps, groups, None)
     theta = np.array([0.2, 0.05, 0.02, 0.4, 0.7])
     _, g, H = lik.evaluate(theta)
     h = 1e-6
@@ -182,15 +185,15 @@ def test_selection_likelihood_at_no_selection_is_the_random_effects_likelihood()
     ml = random_effects(yi, vi, method="ML")
     steps = np.array([0.025, 1.0])
     groups = np.searchsorted(steps, stats.norm.sf(yi / np.sqrt(vi)))
-    lik = bias._StepLikelihood(yi, vi, ml.X, steps, groups, None)
+    lik = _StepLikelihood(yi, vi, ml.X, steps, groups, None)
     ll, _, _ = lik.evaluate(np.array([ml.estimate, ml.tau2, 1.0]), 0)
-    assert ll == pytest.approx(bias._ml_loglik(yi, vi, ml.X, ml), rel=1e-13)
+    assert ll == pytest.approx(_ml_loglik(yi, vi, ml.X, ml), rel=1e-13)
 
 
 def test_selection_model_corrects_selected_data():
     yi, vi = simulated(200, 11, mu=0.1, tau=0.05, select=True)
     fit = random_effects(yi, vi, method="REML")
-    sm = bias.selmodel_stepfun(fit)
+    sm = selmodel_stepfun(fit)
     assert sm.delta[1] < 0.5 and sm.LRT_pval < 0.01
     assert abs(sm.beta - 0.1) < abs(fit.estimate - 0.1)
     assert sm.counts.sum() == yi.size and sm.LRT >= 0
@@ -200,14 +203,14 @@ def test_selection_model_refuses_an_empty_interval():
     yi = np.linspace(0.5, 0.7, 5)
     vi = np.full(5, 0.01)  # every one-sided p-value < .025: the weight of p > .025 is not identified
     with pytest.raises(ValueError, match="no observed p-value"):
-        bias.selmodel_stepfun(random_effects(yi, vi), steps=(0.025,))
+        selmodel_stepfun(random_effects(yi, vi), steps=(0.025,))
     with pytest.raises(ValueError, match="no observed p-value"):
-        bias.selmodel_stepfun(random_effects(yi, vi), steps=(0.025, 0.5))
+        selmodel_stepfun(random_effects(yi, vi), steps=(0.025, 0.5))
 
 
 def test_selection_model_equal_effects_keeps_tau2_zero():
     yi, vi = simulated(50, 4, tau=0.0, select=True)
-    sm = bias.selmodel_stepfun(random_effects(yi, vi, method="FE"))
+    sm = selmodel_stepfun(random_effects(yi, vi, method="FE"))
     assert sm.tau2 == 0 and np.isnan(sm.se_tau2) and np.isfinite(sm.se)
 
 
@@ -216,7 +219,7 @@ def test_selection_model_equal_effects_keeps_tau2_zero():
 
 def test_fsn_is_the_number_that_brings_stouffer_to_alpha():
     yi, vi = molloy()
-    f = bias.fsn_rosenthal(yi, vi)
+    f = fsn_rosenthal(yi, vi)
     z = yi / np.sqrt(vi)
     stouffer = lambda extra: z.sum() / math.sqrt(yi.size + extra)  # noqa: E731
     assert stouffer(f.fsnum) <= 1.6448536269514722 < stouffer(f.fsnum - 1)
@@ -226,66 +229,6 @@ def test_fsn_is_the_number_that_brings_stouffer_to_alpha():
 # --- the table ------------------------------------------------------------------------------------
 
 
-def test_table_rows_and_columns():
-    yi, vi = molloy()
-    t = bias.publication_bias_table(yi, vi, "REML", "knha")
-    assert list(t.columns) == ["method", "statistic", "pval", "estimate", "ci_lb", "ci_ub", "k0"]
-    assert list(t["method"]) == list(bias.METHODS)
-    row = t.set_index("method")
-    assert row.loc[["rank", "failsafe_rosenthal"], ["estimate", "ci_lb", "ci_ub"]].isna().all().all()
-    assert row["k0"].notna().sum() == 2 and row.loc["trimfill", "k0"] >= 0
-    assert row.drop(columns="k0").drop(index=["rank", "failsafe_rosenthal"]).notna().all().all()
-
-
-def test_too_few_studies_give_nan_rows_and_a_logged_reason(caplog):
-    with pytest.raises(ValueError, match="at least 3"):
-        bias.regtest(random_effects([0.2, 0.3], [0.01, 0.02]))
-    with caplog.at_level(logging.WARNING, logger="alliancemeta.studies.bias"):
-        t = bias.publication_bias_table([0.2, 0.3], [0.01, 0.02], "REML", "knha").set_index("method")
-    assert t.loc[["egger", "rank", "selection_3psm", "pet", "peese"], "statistic"].isna().all()
-    assert "egger not computed" in caplog.text and "at least 3" in caplog.text
-    assert np.isfinite(t.loc["failsafe_rosenthal", "statistic"])
-
-
-def test_write_publication_bias(tmp_path):
-    yi, vi = molloy()
-    studies = tmp_path / "s.csv"
-    pd.DataFrame({"study": range(yi.size), "yi": yi, "vi": vi}).to_csv(studies, index=False)
-    out = tmp_path / "tables" / "publication_bias.csv"
-    bias.write_publication_bias(studies, out, method="REML", test="knha")
-    table = pd.read_csv(out)
-    assert table.shape == (len(bias.METHODS), 7)
-    assert not list(out.parent.glob(".*.tmp"))
-
-
 # --- figures --------------------------------------------------------------------------------------
 
 
-def _figure_paths(folder: Path):
-    from alliancemeta.plots.bias import FIGURES
-
-    return {name: (folder / f"{name}.pdf", folder / f"{name}.png") for name in FIGURES}
-
-
-def test_bias_figures_are_written_and_reproducible(tmp_path):
-    from alliancemeta.plots.bias import write_bias_figures
-
-    d = pd.read_csv(ROOT / "data/raw/molloy2014.csv")
-    es = escalc_cor(d["r"], d["n"])
-    studies = tmp_path / "s.csv"
-    pd.DataFrame({"study": d["study"], "yi": es.yi, "vi": es.vi, "year": d["year"]}).to_csv(studies, index=False)
-    first, second = tmp_path / "a", tmp_path / "b"
-    for folder in (first, second):
-        write_bias_figures(studies, _figure_paths(folder), "REML", "knha", 0.95, "molloy2014")
-    for name, (pdf, png) in _figure_paths(first).items():
-        assert pdf.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG", name
-        assert pdf.read_bytes() == (second / pdf.name).read_bytes(), f"{name}.pdf differs between runs"
-
-
-def test_bias_figures_for_two_effect_sizes_say_why(tmp_path):
-    from alliancemeta.plots.bias import write_bias_figures
-
-    studies = tmp_path / "s.csv"
-    pd.DataFrame({"study": ["a", "b"], "yi": [0.2, 0.4], "vi": [0.01, 0.02]}).to_csv(studies, index=False)
-    write_bias_figures(studies, _figure_paths(tmp_path), "REML", "knha", 0.95, "tiny")
-    assert all(pdf.exists() and png.exists() for pdf, png in _figure_paths(tmp_path).values())

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
 
-from alliancemeta.core.mcmc import ESS_BULK_MIN, R_HAT_MAX, SamplingError
-from alliancemeta.studies.bayes import pipeline
-from alliancemeta.studies.bayes.pipeline import BAYES_COLUMNS, moderator_design, write_bayes
+from alliancemeta.core.errors import SamplingError
+from alliancemeta.core.mcmc import ESS_BULK_MIN, R_HAT_MAX
+from alliancemeta.core.settings import BayesSettings, Dataset, validate_config
+from alliancemeta.pipeline import bayes as stage
+from alliancemeta.pipeline.bayes import BAYES_COLUMNS, write_bayes, write_exact_tables, write_posterior_figure
+from alliancemeta.studies.bayes.averaging import AVERAGING_COLUMNS
+from alliancemeta.studies.bayes.quadrature import SENSITIVITY_COLUMNS
 from alliancemeta.studies.bayes.summary import COMPARISON_COLUMNS
+from alliancemeta.studies.regression import design_matrix
 
-BAYES = {
-    "prior_mu": {"dist": "normal", "mu": 0, "sigma": 1},
-    "prior_tau": {"dist": "halfnormal", "sigma": 0.5},
-    "draws": 1000,
-    "tune": 1000,
-    "chains": 4,
-}
+BAYES = BayesSettings.from_config(validate_config({"bayes": {"draws": 1000, "tune": 1000, "chains": 4}}))
+DEMO = Dataset("demo_synthetic", True)
 
 
 def dataset(seed=5, n_clusters=16):
@@ -38,17 +40,17 @@ def dataset(seed=5, n_clusters=16):
                          "study_id": study_id, "rater": rater, "dose": dose, "setting": "outpatient"})
 
 
-def test_moderator_designs_follow_r_conventions():
+def test_centred_designs_map_back_to_the_uncentred_coefficients():
     frame = dataset()
-    d = moderator_design(frame, "rater")
-    assert d.terms == ("intrcpt", "raterobserver", "ratertherapist")
-    np.testing.assert_array_equal(d.X[:, 2], (frame["rater"] == "therapist").astype(float))
-    assert d.rows.all() and d.centre is None
-    num = moderator_design(frame, "dose")
-    assert num.terms == ("intrcpt", "dose") and num.rows.sum() == len(frame) - 2
-    assert num.X[:, 1].mean() == pytest.approx(0.0, abs=1e-12)
-    assert num.centre == pytest.approx(frame["dose"].mean())
-    assert moderator_design(frame, "setting") is None  # one level: nothing to estimate
+    d = design_matrix(frame, ["rater"])
+    Xc, T = d.centred()
+    np.testing.assert_array_equal(Xc, d.X)  # dummies are not centred
+    np.testing.assert_array_equal(T, np.eye(3))
+    num = design_matrix(frame, ["dose"])
+    Xc, T = num.centred()
+    assert Xc[:, 1].mean() == pytest.approx(0.0, abs=1e-12)
+    b_c = np.array([0.3, -0.02])
+    np.testing.assert_allclose(num.X @ (T @ b_c), Xc @ b_c, rtol=1e-14)  # same fitted values
 
 
 def test_nothing_is_written_when_a_model_fails(tmp_path, monkeypatch):
@@ -61,25 +63,23 @@ def test_nothing_is_written_when_a_model_fails(tmp_path, monkeypatch):
     def failing(*args, **kwargs):
         raise SamplingError("random-effects model: MCMC did not converge")
 
-    monkeypatch.setattr(pipeline, "fit", failing)
+    monkeypatch.setattr(stage, "fit", failing)
     with pytest.raises(SamplingError, match="did not converge"):
         write_bayes(studies, table, tmp_path / "tables" / "cmp.csv", tmp_path / "posterior.nc", bayes=BAYES,
-                    seed=1)
+                    seed=1, moderators=[], dataset=DEMO)
     assert table.read_text() == "an earlier good result\n"
     assert not (tmp_path / "posterior.nc").exists() and not (tmp_path / "tables" / "cmp.csv").exists()
 
 
 @pytest.mark.slow
 def test_write_bayes_end_to_end(tmp_path):
-    from alliancemeta.plots.bayes import write_posterior_figure
-
     frame = dataset()
     studies = tmp_path / "studies.csv"
     frame.to_csv(studies, index=False)
     out = {"table": tmp_path / "tables" / "bayes.csv", "comparison": tmp_path / "tables" / "model_comparison.csv",
            "posterior": tmp_path / "posterior.nc"}
     write_bayes(studies, out["table"], out["comparison"], out["posterior"], bayes=BAYES, seed=42,
-                moderators=["rater", "dose", "setting"], dataset="demo_synthetic")
+                moderators=["rater", "dose", "setting"], dataset=DEMO)
     table = pd.read_csv(out["table"])
     assert list(table.columns) == list(BAYES_COLUMNS)
     assert list(table["parameter"].iloc[:4]) == ["mu", "tau", "r", "theta_new"]
@@ -108,5 +108,29 @@ def test_write_bayes_end_to_end(tmp_path):
     assert idata.log_likelihood["y"].sizes["study"] == len(frame)
 
     pdf, png = tmp_path / "figures" / "posterior.pdf", tmp_path / "figures" / "posterior.png"
-    write_posterior_figure(studies, out["posterior"], pdf, png, bayes=BAYES, dataset="demo_synthetic")
+    write_posterior_figure(studies, out["posterior"], pdf, png, bayes=BAYES, dataset=DEMO)
     assert pdf.stat().st_size > 5_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_prior_sensitivity_table(tmp_path):
+    frame = pd.read_csv(Path(__file__).resolve().parents[3] / "data" / "raw" / "molloy2014.csv")
+    studies = tmp_path / "studies.csv"
+    pd.DataFrame({"study": frame["study"], "yi": np.arctanh(frame["r"]), "vi": 1 / (frame["n"] - 3)}).to_csv(
+        studies, index=False)
+    out = tmp_path / "tables" / "prior_sensitivity.csv"
+    averaging = tmp_path / "tables" / "bayes_model_averaging.csv"
+    write_exact_tables(studies, out, averaging, bayes=BAYES)
+    assert list(pd.read_csv(averaging).columns) == list(AVERAGING_COLUMNS)
+    table = pd.read_csv(out)
+    assert list(table.columns) == list(SENSITIVITY_COLUMNS)
+    # the configured prior equals the first sensitivity prior, so it is listed once: 4 tau + 1 mu prior
+    assert table["prior"].nunique() == 5
+    assert table["prior_tau"].nunique() >= 4
+    assert table.groupby("prior")["parameter"].apply(list).map(tuple).unique().tolist() == [
+        ("mu", "tau", "r", "theta_new")]
+    informative = table[table["prior_mu"].str.startswith("Normal(0.2855")]
+    assert len(informative) == 4
+    # the informative prior pulls mu towards .2855 (molloy's own estimate is ~.15)
+    base = table[table["prior"] == table["prior"].iloc[0]].set_index("parameter")
+    assert informative.set_index("parameter").loc["mu", "mean"] > base.loc["mu", "mean"] + 0.05
+
