@@ -63,7 +63,7 @@ def bench_mcmc(k: int = 300, samplers=("nutpie", "pymc")) -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|:---:|---:|")
     for sampler in samplers:
         for marginal in (False, True):
-            settings = SamplerSettings(draws=1000, tune=1000, chains=4, sampler=sampler)
+            settings = SamplerSettings(1000, 1000, 4, sampler, 0.9, 0.99, "bayes")
             model = build_meta_model(yi, vi, PRIORS, marginal=marginal)
             start = time.perf_counter()
             with warnings.catch_warnings():

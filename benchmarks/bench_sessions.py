@@ -18,14 +18,18 @@ import subprocess
 import tempfile
 import time
 
+from alliancemeta.core.mcmc import fit
+from alliancemeta.core.settings import SamplerSettings, validate_config
 from alliancemeta.core.tables import write_csv
 from alliancemeta.pipeline.sessions import client_level_table, descriptives_table, ruptures_table, site_effects_table
-from alliancemeta.sessions.bayes import DEFAULT_SETTINGS, build_within_between_model, sample_model
+from alliancemeta.sessions.bayes import DIAGNOSED, build_within_between_model
 from alliancemeta.sessions.data import decompose_alliance
 from alliancemeta.sessions.models import fit_session_models
 from alliancemeta.sessions.synthetic import simulate_sessions
 
 SIZES = (100, 300, 1000, 3000)
+#: The configuration's session sampler defaults (from the schema, where every default is written once).
+SAMPLER = SamplerSettings.from_config(validate_config({})["sessions_bayes"], "sessions_bayes")
 R_SCRIPT = """
 suppressPackageStartupMessages(library(lme4))
 d <- read.csv(commandArgs(TRUE)[1], colClasses = c(client = "character", therapist = "character"))
@@ -47,7 +51,7 @@ def timed(fn, *args, **kwargs):
 
 def describe(frame):
     groups = ["gender", "format"]
-    return descriptives_table(frame, groups), ruptures_table(frame), client_level_table(frame, True, groups)
+    return descriptives_table(frame, groups), ruptures_table(frame), client_level_table(frame, True, groups, 0.95)
 
 
 def lme4_seconds(frame) -> float | None:
@@ -73,15 +77,15 @@ def main() -> None:
     if args.r:
         header.append("lme4 within_between s")
     if args.bayes:
-        header.append(f"pymc {DEFAULT_SETTINGS} s")
+        header.append(f"pymc ({SAMPLER.chains} x {SAMPLER.draws} draws) s")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for n in args.sizes:
         (frame, _), t_sim = timed(simulate_sessions, 1, n_sites=4, n_therapists=max(4, n // 10), n_clients=n)
         data = decompose_alliance(frame, True)
-        fits, t_models = timed(fit_session_models, data)
+        fits, t_models = timed(fit_session_models, data, 0.95)
         _, t_desc = timed(describe, frame)
-        _, t_sites = timed(site_effects_table, data)
+        _, t_sites = timed(site_effects_table, data, "REML", "knha", 0.95)
         row = [n, len(frame), t_sim, t_models, t_desc, t_sites]
         if args.r:
             seconds = lme4_seconds(frame)
@@ -89,7 +93,7 @@ def main() -> None:
         if args.bayes:
             wb = fits["within_between"]
             model = build_within_between_model(data, wb.terms[1:], random_slope=wb.random_slope)
-            _, t_bayes = timed(sample_model, model, 1, **DEFAULT_SETTINGS)
+            _, t_bayes = timed(fit, model, SAMPLER, 1, "within_between", DIAGNOSED)
             row.append(t_bayes)
         print("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row) + " |")
 

@@ -1,6 +1,7 @@
-"""Command line: ``alliancemeta validate PATH --kind studies|sessions``.
+"""Command line: ``alliancemeta validate PATH --kind studies|sessions`` and ``alliancemeta config-reference``.
 
-A student can check a file before running anything; the messages are the pipeline's own.
+A student can check a file before running anything (the messages are the pipeline's own) and print every
+configuration key with its default and meaning, read from the schema (config/README.md holds that table).
 """
 
 from __future__ import annotations
@@ -43,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         "--columns", nargs="*", default=[], metavar="COL",
         help="moderator (studies) or grouping (sessions) columns that the config will name",
     )
+    sub.add_parser("config-reference", help="print every config key with its default and meaning (Markdown)")
     args = parser.parse_args(argv)
+    if args.command == "config-reference":
+        from alliancemeta.core.settings import config_reference
+
+        print(config_reference(), end="")
+        return 0
     return _validate(args)
 
 

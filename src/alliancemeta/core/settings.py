@@ -290,3 +290,57 @@ def load_settings(config: Mapping | str | os.PathLike, schema_path: str | os.Pat
 
         config = yaml.safe_load(Path(config).read_text()) or {}
     return Settings.from_config(validate_config(config, schema_path))
+
+
+# --------------------------------------------------------------------------------------------------
+# the configuration reference, rendered from the schema (config/README.md holds its output)
+# --------------------------------------------------------------------------------------------------
+
+
+def _flow(value) -> str:
+    """A default in YAML flow style, as it would be written in config.yaml."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _rows(node: Mapping, root: Mapping, prefix: str):
+    for key, sub in node.get("properties", {}).items():
+        name = f"{prefix}{key}"
+        resolved = _resolve(sub, root)
+        default = sub.get("default", resolved.get("default"))
+        if default is None and "default" not in sub and "default" not in resolved:
+            shown = "required" if key in node.get("required", ()) else "none"
+        elif default == {} and ("properties" in resolved or "additionalProperties" in resolved):
+            shown = "{}"
+        else:
+            shown = f"`{_flow(default)}`"
+        container = default in ({}, None) and (
+            "properties" in resolved or isinstance(resolved.get("additionalProperties"), Mapping)
+        )
+        is_map = isinstance(resolved.get("additionalProperties"), Mapping)  # a map of datasets by name
+        if not container or is_map:
+            text = " ".join(str(sub.get("description", resolved.get("description", ""))).split())
+            yield name, shown, text
+        if container:
+            extra = resolved.get("additionalProperties")
+            if isinstance(extra, Mapping):
+                yield from _rows(_resolve(extra, root), root, f"{name}.NAME.")
+            else:
+                yield from _rows(resolved, root, f"{name}.")
+
+
+def config_reference(schema_path: str | os.PathLike = SCHEMA) -> str:
+    """The Markdown table of every configuration key with its default and meaning, from the schema alone."""
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{key}` | {default} | {text.replace('|', '/')} |" for key, default, text in _rows(schema, schema, "")]
+    return "\n".join(lines) + "\n"
