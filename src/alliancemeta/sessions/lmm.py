@@ -102,9 +102,13 @@ from threadpoolctl import threadpool_limits
 SINGULAR_TOL = 1e-4
 #: A diagonal element of Lambda below this in absolute value is tried at exactly zero after convergence.
 SNAP_TOL = 1e-6
-#: Newton polishing stops when the Newton decrement (the predicted further decrease of the deviance) is below this
-#: times max(1, |deviance|): about 10 units of round-off in the deviance, where no further decrease can be seen.
-NEWTON_DECREMENT_RTOL = 1e-14
+#: Newton polishing: once the Newton decrement (the predicted further decrease of the deviance) is below this times
+#: max(1, |deviance|), the iterate is deep in Newton's quadratic region; one full step more (without line search,
+#: whose test would be lost in round-off) then brings theta to within round-off of the optimum.
+NEWTON_POLISH_RTOL = 1e-12
+#: Deviance increase accepted as round-off (relative to max(1, |deviance|)) for the final step and for setting a
+#: vanishing diagonal element of Lambda to exactly zero.
+ROUNDOFF_RTOL = 1e-13
 #: The fit counts as converged when the final Newton decrement is below this (deviance units; the log-likelihood
 #: is then within half of it of the optimum and theta within about 1e-3 of its standard error) or below
 #: :data:`CONVERGED_DECREMENT_RTOL` times |deviance| (the round-off of the deviance grows with the number of rows).
@@ -293,48 +297,60 @@ class _Factor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Batched small linear algebra (vectorised over the first axis; the small dimensions are looped)
+# Batched small linear algebra.  A stack of N small k x k matrices is stored element-major, shape (k, k, N), and a
+# stack of k x m right-hand sides as (k, N, m), so that every operation is a loop over the small dimensions of
+# vectorised operations on contiguous length-N arrays, or one BLAS product.
 
 
 def _chol(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cholesky factors of a stack of small SPD matrices (N, k, k) and their log-determinants."""
-    k = A.shape[-1]
+    """Cholesky factors (k, k, N) of a stack of SPD matrices A (k, k, N) and their log-determinants (N,)."""
+    k = A.shape[0]
     L = np.zeros_like(A)
     for j in range(k):
-        d = A[:, j, j] - np.einsum("nk,nk->n", L[:, j, :j], L[:, j, :j])
-        if np.any(d <= 0):
+        d = A[j, j] - sum(L[j, m] ** 2 for m in range(j))
+        if not np.all(d > 0):
             raise np.linalg.LinAlgError("matrix not positive definite")
-        L[:, j, j] = np.sqrt(d)
-        if j + 1 < k:
-            L[:, j + 1 :, j] = (A[:, j + 1 :, j] - np.einsum("nik,nk->ni", L[:, j + 1 :, :j], L[:, j, :j])) / L[
-                :, j, j, None
-            ]
-    logdet = 2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum(axis=1)
+        L[j, j] = np.sqrt(d)
+        for i in range(j + 1, k):
+            L[i, j] = (A[i, j] - sum(L[i, m] * L[j, m] for m in range(j))) / L[j, j]
+    logdet = 2.0 * sum(np.log(L[j, j]) for j in range(k))
     return L, logdet
 
 
 def _fsolve(L: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """Solve L X = B for a stack of lower-triangular L (N, k, k) and B (N, k, m)."""
-    k = L.shape[-1]
+    """Solve L X = B for lower-triangular L (k, k, N) and B (k, N, m)."""
     X = np.empty_like(B)
-    for j in range(k):
-        acc = B[:, j, :] - np.einsum("nk,nkm->nm", L[:, j, :j], X[:, :j, :]) if j else B[:, j, :]
-        X[:, j, :] = acc / L[:, j, j, None]
+    for a in range(L.shape[0]):
+        acc = B[a].copy()
+        for m in range(a):
+            acc -= L[a, m][:, None] * X[m]
+        X[a] = acc / L[a, a][:, None]
     return X
 
 
-def _left(M: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """M @ B[n] for every n, with one small fixed matrix M (a, k) and a stack B (N, k, m)."""
-    return np.einsum("ak,nkm->nam", M, B)
+def _left(lam_t: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """lam_t @ B[:, n, :] for every n: one small fixed matrix (a, k) times a stack B (k, N, m), as one BLAS call."""
+    k, n, m = B.shape
+    return (lam_t @ B.reshape(k, n * m)).reshape(lam_t.shape[0], n, m)
 
 
-def _gram(C: np.ndarray) -> np.ndarray:
-    """C[n]' C[n] for a stack (N, k, m)."""
-    return np.einsum("nki,nkj->nij", C, C)
+def _quadform(lam: np.ndarray, B: np.ndarray, cols: slice) -> np.ndarray:
+    """I + lam' B[:, :, cols] lam as (k, k, N), for B = Gram rows (k, N, w) whose ``cols`` are the same k terms."""
+    k = lam.shape[0]
+    LB = _left(lam.T, B[:, :, cols])  # (k, N, k): (lam' B)[a, n, l]
+    out = np.einsum("anl,lb->abn", LB, lam)
+    out[range(k), range(k)] += 1.0
+    return out
+
+
+def _stack_gram(C: np.ndarray) -> np.ndarray:
+    """sum_n C[:, n, :]' C[:, n, :] for C (k, N, m): one BLAS product."""
+    flat = C.reshape(-1, C.shape[-1])
+    return flat.T @ flat
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The fitting problem: per-client Gram matrices and the profiled deviance with its derivatives
+# The fitting problem: per-client cross-products and the profiled deviance with its derivatives
 
 
 @dataclass
@@ -352,28 +368,35 @@ class _Evaluation:
 
 
 class _Problem:
-    """Precomputed cross-products of one model and the profiled deviance as a function of theta."""
+    r"""Cross-products of one model, computed once, and the profiled deviance as a function of theta.
 
-    def __init__(self, y, X, Zc, client, Zt, therapist_of_client, fc: _Factor, ft: _Factor | None, reml: bool):
+    Columns of :math:`M = [Z\,T\,X\,y]` (widths q, r, p, 1).  Stored: the Z rows of every client's Gram matrix
+    ``Gz`` (q, N, w), the T rows summed per therapist ``Gt`` (r, J, w) and the total ``Gsum`` (w, w).  Rows must
+    be sorted by therapist, then client.
+    """
+
+    def __init__(self, y, X, Zc, client, Zt, therapist, fc: _Factor, ft: _Factor | None, reml: bool):
         self.n, self.p = X.shape
         self.q = Zc.shape[1]
         self.r = 0 if Zt is None else Zt.shape[1]
         self.fc, self.ft, self.reml = fc, ft, reml
-        self.m = fc.size + (ft.size if ft is not None else 0)
-        blocks = [Zc] + ([Zt] if Zt is not None else []) + [X, y[:, None]]
-        M = np.concatenate(blocks, axis=1)
+        M = np.concatenate([Zc] + ([Zt] if Zt is not None else []) + [X, y[:, None]], axis=1)
         self.w = M.shape[1]
-        starts = np.flatnonzero(np.r_[True, client[1:] != client[:-1]])
-        self.n_clients = starts.size
-        G = np.empty((self.n_clients, self.w, self.w))
-        for a in range(self.w):
-            G[:, a, a:] = np.add.reduceat(M[:, a, None] * M[:, a:], starts, axis=0)
-            G[:, a:, a] = G[:, a, a:]
-        self.G = G
+        new_client = np.r_[True, client[1:] != client[:-1]]
+        cidx = np.cumsum(new_client) - 1
+        self.n_clients = int(cidx[-1]) + 1
+        self.Gz = np.stack([np.stack([np.bincount(cidx, M[:, a] * M[:, b], self.n_clients) for b in range(self.w)],
+                                     axis=1) for a in range(self.q)])  # fmt: skip
+        self.Gsum = M.T @ M
         if Zt is not None:
-            tstarts = np.flatnonzero(np.r_[True, therapist_of_client[1:] != therapist_of_client[:-1]])
-            self.tstarts = tstarts
-            self.t_of_c = np.cumsum(np.r_[True, therapist_of_client[1:] != therapist_of_client[:-1]]) - 1
+            new_therapist = np.r_[True, therapist[1:] != therapist[:-1]]
+            tidx = np.cumsum(new_therapist) - 1
+            self.n_therapists = int(tidx[-1]) + 1
+            self.t_of_c = tidx[new_client]
+            self.tstarts = np.flatnonzero(np.r_[True, self.t_of_c[1:] != self.t_of_c[:-1]])
+            q = self.q
+            self.Gt = np.stack([np.stack([np.bincount(tidx, M[:, q + a] * M[:, b], self.n_therapists)
+                                          for b in range(self.w)], axis=1) for a in range(self.r)])  # fmt: skip
         self.evaluations = 0
 
     def split(self, theta):
@@ -387,25 +410,23 @@ class _Problem:
         with ``jacobian`` also X'V^-1 dV_k V^-1 X for every theta_k."""
         self.evaluations += 1
         q, r, p = self.q, self.r, self.p
+        xy = slice(q + r, q + r + p + 1)
         lc, lt = self.split(theta)
-        G = self.G
-        # client level: M'W^-1 M = G - C'C
-        A = _left(lc.T, _left(lc.T, G[:, :q, :q]).transpose(0, 2, 1))
-        A[:, range(q), range(q)] += 1.0
-        LA, logdetA = _chol(A)
-        C = _fsolve(LA, _left(lc.T, G[:, :q, :]))
-        GW = G - _gram(C)
+        # client level: C = L_A^-1 lam_C' Z'M, and M'W^-1 M = G - C'C per client
+        LA, logdetA = _chol(_quadform(lc, self.Gz, slice(0, q)))
+        C = _fsolve(LA, _left(lc.T, self.Gz))  # (q, N, w)
         ld = float(logdetA.sum())
+        F = self.Gsum[xy, xy] - _stack_gram(C[:, :, xy])
         if r:
-            S = np.add.reduceat(GW[:, q:, q:], self.tstarts, axis=0)
-            B = _left(lt.T, _left(lt.T, S[:, :r, :r]).transpose(0, 2, 1))
-            B[:, range(r), range(r)] += 1.0
-            LB, logdetB = _chol(B)
-            E = _fsolve(LB, _left(lt.T, S[:, :r, :]))
-            F = (S[:, r:, r:] - _gram(E[:, :, r:])).sum(axis=0)
+            # T_j'W^-1 M summed over the therapist's clients: (r, J, w)
+            ST = self.Gt - np.stack(
+                [np.add.reduceat(sum(C[a][:, q + t, None] * C[a] for a in range(q)), self.tstarts, axis=0)
+                 for t in range(r)]
+            )  # fmt: skip
+            LB, logdetB = _chol(_quadform(lt, ST, slice(q, q + r)))
+            E = _fsolve(LB, _left(lt.T, ST))  # (r, J, w)
+            F -= _stack_gram(E[:, :, xy])
             ld += float(logdetB.sum())
-        else:
-            F = GW[:, q:, q:].sum(axis=0)
         XVX, XVy, yVy = F[:p, :p], F[:p, p], F[p, p]
         LX = np.linalg.cholesky(XVX)
         c = np.linalg.solve(LX, XVy)
@@ -424,41 +445,39 @@ class _Problem:
         ev = _Evaluation(theta=theta, deviance=float(dev), r2=r2, beta=beta, phi=phi, ldL2=ld, ldRX2=ldRX2)
         if not (derivatives or jacobian):
             return ev
-        # Z_i'V^-1 [Z X y] per client and T_j'V^-1 [T X y] per therapist
-        zs, xs = slice(0, q), slice(q + r, q + r + p)
-        ZVZ = GW[:, zs, zs]
-        ZVX = GW[:, zs, xs]
-        ZVy = GW[:, zs, -1]
+        # Z_i'V^-1 M_i per client (q, N, w) and T_j'V^-1 M_j per therapist (r, J, w)
+        ZV = self.Gz - np.stack([sum(C[a][:, b, None] * C[a] for a in range(q)) for b in range(q)])
+        levels = [(self.fc, lc, ZV, 0)]
         if r:
-            Et = E[self.t_of_c]  # (nc, r, r+p+1)
-            H = _fsolve(LB[self.t_of_c], _left(lt.T, GW[:, q : q + r, zs]))  # (nc, r, q)
-            ZVZ = ZVZ - _gram(H)
-            ZVX = ZVX - np.einsum("nrq,nrp->nqp", H, Et[:, :, r : r + p])
-            ZVy = ZVy - np.einsum("nrq,nr->nq", H, Et[:, :, -1])
-            TVT = S[:, :r, :r] - _gram(E[:, :, :r])
-            TVX = S[:, :r, r : r + p] - np.einsum("nkr,nkp->nrp", E[:, :, :r], E[:, :, r : r + p])
-            TVy = S[:, :r, -1] - np.einsum("nkr,nk->nr", E[:, :, :r], E[:, :, -1])
-        levels = [(self.fc, lc, ZVZ, ZVX, ZVy)]
-        if r:
-            levels.append((self.ft, lt, TVT, TVX, TVy))
+            # therapist correction: V^-1 = W^-1 - W^-1 T lam_T B^-1 lam_T' T'W^-1 within a therapist
+            Eg = E[:, self.t_of_c, :]  # (r, N, w)
+            LBg = LB[:, :, self.t_of_c]
+            H = _fsolve(LBg, _left(lt.T, ZV[:, :, q : q + r].transpose(2, 1, 0)))  # (r, N, q)
+            # E_j's Z columns sum over all the therapist's clients; a client's own Z block needs H_i'H_i instead
+            Eg[:, :, :q] = H
+            ZV = ZV - np.stack([sum(H[t][:, b, None] * Eg[t] for t in range(r)) for b in range(q)])
+            TV = ST - np.stack([sum(E[k][:, q + t, None] * E[k] for k in range(r)) for t in range(r)])
+            levels = [(self.fc, lc, ZV, 0), (self.ft, lt, TV, q)]
+        xs = slice(q + r, q + r + p)
         trace_grad, quad_grad, omega = [], [], []
-        for factor, lam, UVU, UVX, UVy in levels:
-            UVe = UVy - UVX @ beta
+        for factor, lam, UV, offset in levels:
+            k = lam.shape[0]
+            UVX = UV[:, :, xs]
+            UVe = UV[:, :, -1] - UVX @ beta  # (k, N)
+            trace_mat = UV[:, :, offset : offset + k].sum(axis=1)
             if self.reml:
-                UPU = UVU - np.einsum("nqp,ps,nts->nqt", UVX, phi, UVX)
-            else:
-                UPU = UVU
-            T1 = UPU.sum(axis=0) @ lam
-            T2 = np.einsum("nq,nt->qt", UVe, UVe) @ lam
+                trace_mat = trace_mat - np.tensordot(UVX @ phi, UVX, axes=([1, 2], [1, 2]))
+            T1 = trace_mat @ lam
+            T2 = (UVe @ UVe.T) @ lam
             for a, b in factor.positions:
-                # tr(dD M) with dD = E_ab Lam' + Lam E_ab' and symmetric M is 2 (M Lam)[a, b]
+                # tr(dD M) with dD = E_ab lam' + lam E_ab' and symmetric M is 2 (M lam)[a, b]
                 trace_grad.append(2.0 * T1[a, b])
                 quad_grad.append(2.0 * T2[a, b])
             if jacobian:
-                LUX = _left(lam.T, UVX)
-                Om = np.einsum("nap,nbs->abps", UVX, LUX)
+                LUX = _left(lam.T, np.ascontiguousarray(UVX))
                 for a, b in factor.positions:
-                    omega.append(Om[a, b] + Om[a, b].T)
+                    Om = UVX[a].T @ LUX[b]
+                    omega.append(Om + Om.T)
         ev.trace_grad = np.array(trace_grad)
         ev.quad_grad = np.array(quad_grad)
         if jacobian:
@@ -510,7 +529,7 @@ def _optimise(problem: _Problem, label: str):
         return ev.deviance, problem.profiled_gradient(ev)
 
     res = optimize.minimize(
-        fg, start, jac=True, method="L-BFGS-B", options={"maxiter": MAX_LBFGS, "ftol": 1e-15, "gtol": 1e-10}
+        fg, start, jac=True, method="L-BFGS-B", options={"maxiter": MAX_LBFGS, "ftol": 1e-10, "gtol": 1e-10}
     )
     theta = res.x
     iterations = int(res.nit)
@@ -525,7 +544,12 @@ def _optimise(problem: _Problem, label: str):
         gproj = vecs.T @ grad
         step = -(vecs[:, keep] @ (gproj[keep] / np.abs(vals[keep])))
         decrement = float(np.sum(gproj[keep] ** 2 / np.abs(vals[keep])))
-        if decrement < NEWTON_DECREMENT_RTOL * max(1.0, abs(dev)):
+        if decrement < NEWTON_POLISH_RTOL * max(1.0, abs(dev)):
+            trial = theta + step
+            dev_t, grad_t = fg(trial)
+            if dev_t <= dev + ROUNDOFF_RTOL * max(1.0, abs(dev)):
+                theta, dev, grad = trial, dev_t, grad_t
+                iterations += 1
             break
         alpha, accepted = 1.0, False
         for _halving in range(30):
@@ -553,7 +577,7 @@ def _optimise(problem: _Problem, label: str):
         trial = theta.copy()
         trial[k] = 0.0
         dev_t = problem.evaluate(trial).deviance
-        if dev_t <= dev + NEWTON_DECREMENT_RTOL * max(1.0, abs(dev)):
+        if dev_t <= dev + ROUNDOFF_RTOL * max(1.0, abs(dev)):
             theta, dev = trial, min(dev, dev_t)
     kc = problem.fc.size
     theta = np.concatenate(
@@ -760,7 +784,7 @@ def _fit_lmm(data, response, fixed, client, therapist, reml, level, label) -> Lm
     ft = _Factor(Zt.shape[1], therapist.correlated) if therapist is not None else None
     problem = _Problem(
         yc[order], Xc[order], Zc[order], c_code[order], None if Zt is None else Zt[order],
-        None if t_code is None else t_code[order][np.r_[True, c_code[order][1:] != c_code[order][:-1]]],
+        None if t_code is None else t_code[order],
         fc, ft, reml,
     )  # fmt: skip
     try:
