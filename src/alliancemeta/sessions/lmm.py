@@ -123,6 +123,9 @@ HESSIAN_EIGEN_TOL = 1e-8
 #: step for parameters smaller than :data:`FD_MIN_SCALE`).
 FD_STEP = 1e-3
 FD_MIN_SCALE = 1e-2
+#: The response counts as an exact linear function of the fixed effects when the least-squares residual sum of squares
+#: is below this fraction of its centred sum of squares.
+EXACT_FIT_RTOL = 1e-20
 #: BLAS threads: every matrix is tiny (a few rows), where threads only add synchronisation.
 BLAS_THREADS = 1
 
@@ -380,6 +383,7 @@ class _Problem:
         self.q = Zc.shape[1]
         self.r = 0 if Zt is None else Zt.shape[1]
         self.fc, self.ft, self.reml = fc, ft, reml
+        self.m = fc.size + (ft.size if ft is not None else 0)
         M = np.concatenate([Zc] + ([Zt] if Zt is not None else []) + [X, y[:, None]], axis=1)
         self.w = M.shape[1]
         new_client = np.r_[True, client[1:] != client[:-1]]
@@ -772,6 +776,12 @@ def _fit_lmm(data, response, fixed, client, therapist, reml, level, label) -> Lm
     ybar = float(y.mean())
     yc = y - ybar
     _check_rank(Xc, terms, label)
+    ols_rss = float(np.sum((yc - Xc @ np.linalg.lstsq(Xc, yc, rcond=None)[0]) ** 2))
+    if not ols_rss > EXACT_FIT_RTOL * max(float(yc @ yc), np.finfo(float).tiny):
+        raise MixedModelError(
+            f"mixed model {label!r}: the response is an exact linear function of the fixed effects (no residual "
+            "variation is left for the variance components); check that the response is not among the predictors"
+        )
 
     def design(term: RandomTerm) -> np.ndarray:
         slopes = [_column(data, s, label, "random slope") for s in term.slopes]
@@ -892,7 +902,9 @@ def _check_rank(X: np.ndarray, terms: tuple[str, ...], label: str) -> None:
     scale = np.sqrt((X**2).sum(axis=0))
     if np.any(scale == 0):
         bad = terms[int(np.flatnonzero(scale == 0)[0])]
-        raise MixedModelError(f"mixed model {label!r}: fixed effect {bad!r} is zero in every row; drop it")
+        raise MixedModelError(
+            f"mixed model {label!r}: fixed effect {bad!r} is constant, so it is collinear with the intercept; drop it"
+        )
     Xs = X / scale
     R = np.linalg.qr(Xs, mode="r")
     d = np.abs(np.diag(R))
