@@ -59,12 +59,18 @@ then :math:`B_j = I + \Lambda_T' S_{j,TT} \Lambda_T = L_{B_j}L_{B_j}'`,
 clients (therapists) of :math:`q\times q` (:math:`r\times r`) blocks :math:`Z_i'PZ_i` and :math:`Z_i'V^{-1}\hat e`,
 which the same Woodbury steps give.
 
-**Optimisation.**  :math:`\theta` is estimated under lme4's bounds (diagonal elements of :math:`\Lambda`
-:math:`\ge 0`) by L-BFGS-B with the analytic gradient from lme4's start (:math:`\Lambda = I`), then polished by
-projected Newton steps whose Hessian is the central difference of the analytic gradient; the fit is converged
-when the Newton decrement (the predicted further decrease of the deviance) is below
-:data:`NEWTON_DECREMENT_TOL` and no bounded parameter wants to leave its bound.  A fit is *singular* (at the
-boundary) when a diagonal element of :math:`\Lambda` is below :data:`SINGULAR_TOL` (lme4's ``isSingular``).
+**Optimisation.**  Negating a column of :math:`\Lambda` leaves :math:`\Lambda\Lambda'` and the deviance unchanged,
+so lme4's bounded problem (diagonal elements of :math:`\Lambda \ge 0`) is solved without bounds and the columns
+are then flipped into lme4's region; a variance at the boundary becomes the interior point :math:`\theta_k = 0`,
+where the deviance is even in :math:`\theta_k`.  L-BFGS with the analytic gradient starts from lme4's start
+(:math:`\Lambda = I`); saddle-free Newton steps (Hessian: central differences of the analytic gradient, absolute
+eigenvalues, backtracking) follow until the Newton decrement (the predicted further decrease of the deviance) is
+below :data:`NEWTON_POLISH_RTOL` times the deviance, and one full Newton step ends the polish.  The fit is converged
+when that decrement is below :data:`CONVERGED_DECREMENT_TOL` (else :class:`MixedModelError`); iterations, deviance
+evaluations and the decrement are reported.  A diagonal element of :math:`\Lambda` that ends below
+:data:`SNAP_TOL` is set to exactly 0 when that does not raise the deviance beyond round-off, and a fit is
+*singular* (at the boundary) when a diagonal element of :math:`\Lambda` is below :data:`SINGULAR_TOL` (lme4's
+``isSingular``).
 
 **Satterthwaite degrees of freedom** exactly as lmerTest 3.1 defines them (Kuznetsova, Brockhoff & Christensen
 2017, *J Stat Softw* 82(13), section 3.2; lmerTest's ``as_lmerModLT``, ``devfun_vp``, ``get_covbeta``,
@@ -585,7 +591,7 @@ def _optimise(problem: _Problem, label: str):
             theta, dev = trial, min(dev, dev_t)
     kc = problem.fc.size
     theta = np.concatenate(
-        [_canonical(problem.fc, theta[:kc])] + ([_canonical(problem.ft, theta[kc:])] if problem.ft else [])
+        [_canonical(problem.fc, theta[:kc])] + ([_canonical(problem.ft, theta[kc:])] if problem.ft is not None else [])
     )
     return theta, iterations, decrement
 
@@ -857,7 +863,9 @@ def _fit_lmm(data, response, fixed, client, therapist, reml, level, label) -> Lm
                     corr = cov[a, b] / (sd[a] * sd[b]) if sd[a] > 0 and sd[b] > 0 else np.nan
                     varcorr.append(VarComp(term.group, term.names[b], term.names[a], float(cov[a, b]), float(corr)))
     varcorr.append(VarComp("Residual", None, None, sigma**2, sigma))
-    diag_pos = [k for k, lo in enumerate(np.concatenate([fc.lower()] + ([ft.lower()] if ft else []))) if lo == 0]
+    diag_pos = [
+        k for k, lo in enumerate(np.concatenate([fc.lower()] + ([ft.lower()] if ft is not None else []))) if lo == 0
+    ]
     singular = bool(np.any(theta[diag_pos] < SINGULAR_TOL))
     if singular:
         small = [theta_names[k] for k in diag_pos if theta[k] < SINGULAR_TOL]
