@@ -924,3 +924,48 @@ def _check_rank(X: np.ndarray, terms: tuple[str, ...], label: str) -> None:
             "terms before it, e.g. a client-level variable that is constant, or a centred variable whose means "
             "are all equal); drop it"
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rows for the session tables
+
+#: ``mixed_models.csv`` (SPEC §5) with the Satterthwaite ``df`` appended (SPEC "Session level, further models").
+MIXED_MODEL_COLUMNS = ("model", "engine", "term", "estimate", "se", "ci_lb", "ci_ub", "pval", "df")
+VARIANCE_COLUMNS = ("model", "engine", "group", "var1", "var2", "vcov", "sdcor", "singular", "n_obs", "loglik",
+                    "reml", "iterations")  # fmt: skip
+
+
+def mixed_models_rows(
+    fits: Mapping[str, LmmFit],
+    contrasts: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    rename: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """Rows of ``mixed_models.csv`` (engine ``mixedlm``, columns :data:`MIXED_MODEL_COLUMNS`): every fixed effect
+    but the intercept of each fit (keyed by model name), terms renamed by ``rename``, then the named contrasts
+    ``contrasts[model][name] = {term: weight}``, all with Satterthwaite df, t p-values and intervals at each fit's
+    level."""
+    rename = rename or {}
+    contrasts = contrasts or {}
+    rows = []
+    for model, fit in fits.items():
+        for k, term in enumerate(fit.terms):
+            if term == "(Intercept)":
+                continue
+            rows.append((model, "mixedlm", rename.get(term, term), fit.estimate[k], fit.se[k], fit.ci_lb[k],
+                         fit.ci_ub[k], fit.pval[k], fit.df[k]))  # fmt: skip
+        for name, weights in contrasts.get(model, {}).items():
+            c = fit.contrast(weights)
+            rows.append((model, "mixedlm", name, c.estimate, c.se, c.ci_lb, c.ci_ub, c.pval, c.df))
+    return pd.DataFrame(rows, columns=list(MIXED_MODEL_COLUMNS))
+
+
+def variance_rows(fits: Mapping[str, LmmFit]) -> pd.DataFrame:
+    """lme4's variance table of every fit (columns :data:`VARIANCE_COLUMNS`; ``sdcor`` is an SD for a variance
+    and a correlation for a covariance), with the fit's singularity flag, size, log-likelihood and iterations."""
+    rows = [
+        (model, "mixedlm", v.group, v.var1, v.var2, v.vcov, v.sdcor, fit.singular, fit.n_obs, fit.loglik, fit.reml,
+         fit.iterations)
+        for model, fit in fits.items()
+        for v in fit.varcorr
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=list(VARIANCE_COLUMNS))

@@ -340,3 +340,21 @@ def test_non_convergence_raises(small, monkeypatch):
     monkeypatch.setattr(lmm, "MAX_LBFGS", 1)
     with pytest.raises(MixedModelError, match="did not converge"):
         fit_small(small, client=RandomTerm("client", ("x",)))
+
+
+def test_table_rows(small):
+    fits = {
+        "within_between": fit_lmm(small, "y", ["x", "session"], RandomTerm("client"), RandomTerm("therapist")),
+        "slope": fit_lmm(small, "y", ["x"], RandomTerm("client", ("x",)), None),
+    }
+    rows = lmm.mixed_models_rows(fits, contrasts={"within_between": {"x_minus_session": {"x": 1, "session": -1}}},
+                                 rename={"session": "time"})  # fmt: skip
+    assert tuple(rows.columns) == lmm.MIXED_MODEL_COLUMNS
+    assert list(rows["term"]) == ["x", "time", "x_minus_session", "x"]
+    assert list(rows["model"]) == ["within_between"] * 3 + ["slope"]
+    wb = fits["within_between"]
+    np.testing.assert_allclose(rows["df"].iloc[:2], wb.df[1:])
+    np.testing.assert_allclose(rows["estimate"].iloc[2], wb.coef("x") - wb.coef("session"))
+    variances = lmm.variance_rows(fits)
+    assert tuple(variances.columns) == lmm.VARIANCE_COLUMNS
+    assert list(variances["group"]) == ["client", "therapist", "Residual", "client", "client", "client", "Residual"]
