@@ -69,7 +69,7 @@ contrast_row <- function(fit, L) {
        pval = r[["Pr(>|t|)"]], ci_lb = r$lower, ci_ub = r$upper)
 }
 
-summarise_fit <- function(fit, call, data_name, formula, reml, warnings) {
+summarise_fit <- function(fit, name, call, data_name, formula, reml, warnings) {
   beta <- fixef(fit)
   p <- length(beta)
   coefs <- summary(fit)$coefficients
@@ -92,8 +92,8 @@ summarise_fit <- function(fit, call, data_name, formula, reml, warnings) {
     jacobian = lapply(fit@Jac_list, function(J) unname(J)),
     optimizer = fit@optinfo$optimizer, optimizer_code = fit@optinfo$conv$opt, feval = fit@optinfo$feval
   )
-  if (!is.null(contrasts[[call_name]])) {
-    case$contrasts <- lapply(contrasts[[call_name]], function(w) {
+  if (!is.null(contrasts[[name]])) {
+    case$contrasts <- lapply(contrasts[[name]], function(w) {
       L <- setNames(numeric(p), names(beta))
       L[names(w)] <- w
       contrast_row(fit, L)
@@ -110,7 +110,7 @@ for (call_name in names(specs)) {
   t0 <- proc.time()[["elapsed"]]
   run <- run_collecting_warnings(call, env)
   message(sprintf("%s: %.1f s", call_name, proc.time()[["elapsed"]] - t0))
-  cases[[call_name]] <- summarise_fit(run$value, call, s[1], s[2], s[3], run$warnings)
+  cases[[call_name]] <- summarise_fit(run$value, call_name, call, s[1], s[2], s[3], run$warnings)
 }
 
 write_ref("lmm", cases, extra_pkgs = c("lme4", "lmerTest", "numDeriv"))
