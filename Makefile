@@ -25,7 +25,9 @@ $(STAMP): requirements.lock pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/default
-	$(BIN)/snakemake --profile workflow/profiles/default --report results/report.html
+	$(BIN)/snakemake --profile workflow/profiles/default --report results/report.html \
+		--report-metadata results/report/metadata.yaml --report-stylesheet workflow/report/style.css
+	@$(BIN)/alliancemeta where
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests workflow benchmarks

@@ -8,7 +8,8 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-report: "workflow/report/workflow.rst"
+# The report opens on this page, written by rule summary: every dataset's headline findings.
+report: "results/report/landing.rst"
 
 
 include: "workflow/rules/common.smk"

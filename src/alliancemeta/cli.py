@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from alliancemeta.core.errors import InputError
 from alliancemeta.core.inputs import read_sessions, read_studies, read_table
@@ -34,6 +35,25 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _where(results: Path) -> int:
+    """List the headline summary, the report and each dataset's folders; non-zero when the run left none."""
+    summary, report = results / "summary.md", results / "report.html"
+    if not summary.exists():
+        print(f"no results yet in {results}/: run `make run`", file=sys.stderr)
+        return 1
+    print("\nalliancemeta results:")
+    print(f"  headline findings  {summary}")
+    if report.exists():
+        print(f"  report             {report}  (open it in a browser)")
+    for kind in ("studies", "sessions"):
+        for folder in sorted((results / kind).glob("*")):
+            if folder.is_dir():
+                label = "session dataset" if kind == "sessions" else "study dataset"
+                print(f"  {label:<18} {folder}/  "
+                      "(report/summary.md, tables/, figures/)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="alliancemeta", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         help="moderator (studies) or grouping (sessions) columns that the config will name",
     )
     sub.add_parser("config-reference", help="print every config key with its default and meaning (Markdown)")
+    where = sub.add_parser("where", help="print where the summary, the report and each dataset's results are")
+    where.add_argument("--results", default="results", help="the results folder (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.command == "where":
+        return _where(Path(args.results))
     if args.command == "config-reference":
         from alliancemeta.core.settings import config_reference
 

@@ -1,6 +1,7 @@
 # Shared helpers and parse-time validation: a bad config or input stops the run here, before any job.
 import re
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -8,6 +9,11 @@ from snakemake.utils import validate
 from alliancemeta.core.errors import ConfigError, InputError
 from alliancemeta.core.inputs import read_sessions, read_studies
 from alliancemeta.core.settings import Settings, validate_config
+from alliancemeta.pipeline.report import apa_tables_of, write_provenance
+from alliancemeta.report.provenance import git_state
+from alliancemeta.report.apa import BUILDERS
+
+RUN_STARTED = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 SCHEMA = Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 
@@ -32,6 +38,7 @@ SESSION_DATASETS = list(SETTINGS.sessions)
 
 wildcard_constraints:
     dataset="|".join([*STUDY_DATASETS, *SESSION_DATASETS]) or "(?!)",
+    table="|".join(BUILDERS),
 
 
 def _check_path(kind, name, path):
@@ -151,9 +158,10 @@ def only_when(rule_name, predicate):
     ONLY_WHEN[rule_name] = predicate
 
 
-def all_targets():
-    """The outputs of every rule that writes to results/, expanded over the datasets they apply to."""
-    targets = []
+def _outputs(kind=None, name=None):
+    """(rule name, template) of every output under results/ (wildcard constraints removed), optionally only
+    those of one dataset kind (studies/sessions) and name, with the rule's ONLY_WHEN condition applied.
+    """
     for step in workflow.rules:
         if step.name == "all":
             continue
@@ -163,18 +171,102 @@ def all_targets():
             )  # drop wildcard constraints
             if not template.startswith("results/"):
                 continue
-            if "{dataset}" not in template:
-                targets.append(template)
-                continue
-            names = (
-                STUDY_DATASETS
-                if template.startswith("results/studies/")
-                else SESSION_DATASETS
-            )
-            predicate = ONLY_WHEN.get(step.name)
-            targets += [
-                template.format(dataset=n)
-                for n in names
-                if predicate is None or predicate(n)
-            ]
+            if kind is None:
+                yield step.name, template
+            elif template.startswith(f"results/{kind}/{{dataset}}/"):
+                predicate = ONLY_WHEN.get(step.name)
+                if predicate is None or predicate(name):
+                    yield step.name, template.replace("{dataset}", name)
+
+
+def _tables(kind, name):
+    """The CSV tables that the rules write for one dataset."""
+    return sorted(
+        t
+        for _, t in _outputs(kind, name)
+        if "/tables/" in t and t.endswith(".csv") and "{" not in t
+    )
+
+
+def study_tables(wildcards):
+    return _tables("studies", wildcards.dataset)
+
+
+def session_tables(wildcards):
+    return _tables("sessions", wildcards.dataset)
+
+
+def _apa_inputs(kind, wildcards):
+    _, extra = BUILDERS[wildcards.table]
+    folder = f"results/{kind}/{wildcards.dataset}/tables"
+    return [f"{folder}/{wildcards.table}.csv", *(f"{folder}/{e}.csv" for e in extra)]
+
+
+def apa_inputs_studies(wildcards):
+    return _apa_inputs("studies", wildcards)
+
+
+def apa_inputs_sessions(wildcards):
+    return _apa_inputs("sessions", wildcards)
+
+
+def _apa_targets(kind, name):
+    stems = [Path(t).stem for t in _tables(kind, name)]
+    return [
+        f"results/{kind}/{name}/report/{table}.{ext}"
+        for table in apa_tables_of(stems)
+        for ext in ("md", "tex")
+    ]
+
+
+def all_headlines():
+    """Every dataset's headline paragraph, studies first."""
+    return [f"results/studies/{n}/report/headline.md" for n in STUDY_DATASETS] + [
+        f"results/sessions/{n}/report/headline.md" for n in SESSION_DATASETS
+    ]
+
+
+def all_datasets():
+    """Dataset settings by headline path (names and SYNTHETIC flags for results/summary.md)."""
+    out = {}
+    for kind, entries in (
+        ("studies", SETTINGS.studies),
+        ("sessions", SETTINGS.sessions),
+    ):
+        for name, entry in entries.items():
+            out[f"results/{kind}/{name}/report/headline.md"] = entry.dataset
+    return out
+
+
+def all_targets():
+    """The outputs of every rule that writes to results/, expanded over the datasets they apply to."""
+    targets = [t for _, t in _outputs() if "{" not in t]
+    for kind, names in (("studies", STUDY_DATASETS), ("sessions", SESSION_DATASETS)):
+        for name in names:
+            targets += [t for _, t in _outputs(kind, name) if "{" not in t]
+            targets += _apa_targets(kind, name)
     return sorted(set(targets))
+
+
+def finish_run():
+    """After a successful run: results/provenance.json for this run, and where the results are."""
+    if any(arg in sys.argv for arg in ("--report", "-n", "--dry-run", "--lint")):
+        return
+    run = {
+        "command": " ".join(sys.argv),
+        "started": RUN_STARTED,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "workdir": str(Path.cwd()),
+        **git_state(workflow.basedir),
+    }
+    write_provenance(all_inputs(), "results/provenance.json", SETTINGS.config, run)
+    print("\nalliancemeta: results written", file=sys.stderr)
+    for path in ("results/summary.md", "results/provenance.json"):
+        if Path(path).exists():
+            print(f"  {path}", file=sys.stderr)
+    for kind, names in (("studies", STUDY_DATASETS), ("sessions", SESSION_DATASETS)):
+        for name in names:
+            print(
+                f"  results/{kind}/{name}/  (report/summary.md, tables/, figures/)",
+                file=sys.stderr,
+            )

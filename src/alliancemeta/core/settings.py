@@ -172,11 +172,13 @@ class BayesSettings(NamedTuple):
 
 
 class StudyDataset(NamedTuple):
-    """One study-level dataset (config ``studies.NAME``)."""
+    """One study-level dataset (config ``studies.NAME``); ``predictor`` and ``outcome`` name what is correlated."""
 
     dataset: Dataset
     path: str
     moderators: tuple[str, ...]
+    predictor: str
+    outcome: str
 
 
 class SessionDataset(NamedTuple):
@@ -206,7 +208,10 @@ class Settings(NamedTuple):
         meta = MetaSettings.from_config(config)
         session_sampler = SamplerSettings.from_config(config["sessions_bayes"], "sessions_bayes")
         studies = {
-            name: StudyDataset(Dataset(name, bool(entry["synthetic"])), str(entry["path"]), tuple(entry["moderators"]))
+            name: StudyDataset(
+                Dataset(name, bool(entry["synthetic"])), str(entry["path"]), tuple(entry["moderators"]),
+                str(entry["predictor"]), str(entry["outcome"]),
+            )
             for name, entry in config["studies"].items()
         }
         sessions = {
