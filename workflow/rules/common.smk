@@ -184,7 +184,7 @@ def _tables(kind, name):
     return sorted(
         t
         for _, t in _outputs(kind, name)
-        if "/tables/" in t and t.endswith(".csv") and "{" not in t
+        if Path(t).parent.name == "tables" and t.endswith(".csv") and "{" not in t
     )
 
 
