@@ -9,12 +9,13 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: run test lint bench clean-results help
+.PHONY: run test lint bench verify clean-results help
 
 help:
 	@echo "make run    - install pinned dependencies into .venv and run the whole pipeline"
 	@echo "make test   - install if needed, then lint and run the test suite"
 	@echo "make bench  - run the performance benchmarks (prints tables)"
+	@echo "make verify - rerun the pipeline into a temporary folder and print any output that differs"
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +24,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# A run killed by SIGKILL leaves Snakemake's lock behind: release it (one make run per checkout at a time).
 run: $(STAMP)
+	@$(BIN)/snakemake --profile workflow/profiles/default --unlock > /dev/null 2>&1 || true
 	$(BIN)/snakemake --profile workflow/profiles/default
 	$(BIN)/snakemake --profile workflow/profiles/default --report results/report.html \
 		--report-metadata results/report/metadata.yaml --report-stylesheet workflow/report/style.css
@@ -36,6 +39,9 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+verify: $(STAMP)
+	$(BIN)/alliancemeta verify
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -8,11 +8,13 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-# The report opens on this page, written by rule summary: every dataset's headline findings.
-report: "results/report/landing.rst"
-
-
 include: "workflow/rules/common.smk"
+
+
+# The report opens on this page, written by rule summary: every dataset's headline findings.
+report: LANDING
+
+
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/meta.smk"
 include: "workflow/rules/bias.smk"

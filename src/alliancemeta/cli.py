@@ -67,7 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("config-reference", help="print every config key with its default and meaning (Markdown)")
     where = sub.add_parser("where", help="print where the summary, the report and each dataset's results are")
     where.add_argument("--results", default="results", help="the results folder (default: %(default)s)")
+    ver = sub.add_parser("verify", help="rerun the pipeline in a temporary folder, print every output that differs")
+    ver.add_argument("--results", default="results", help="the results to compare (default: %(default)s)")
+    ver.add_argument("--configfile", nargs="*", default=["config/config.yaml"], help="config files of the run")
+    ver.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
+    if args.command == "verify":
+        from alliancemeta.report.verify import verify
+
+        snakemake = str(Path(sys.executable).with_name("snakemake"))
+        return verify(Path.cwd(), Path(args.results), [Path(c) for c in args.configfile], snakemake, args.keep)
     if args.command == "where":
         return _where(Path(args.results))
     if args.command == "config-reference":

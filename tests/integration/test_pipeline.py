@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from alliancemeta.report.numbers import bounded, interval, percent
+from alliancemeta.report.verify import compare, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -62,12 +69,22 @@ def digest(paths) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(paths)}
 
 
+#: Wall time of the clean run (seconds), to place the SIGKILL of the kill-and-rerun test inside a run.
+CLEAN_RUN_SECONDS: list[float] = []
+
+
+def fresh(path: Path) -> Path:
+    shutil.copytree(HERE / "config", path / "config")
+    shutil.copytree(HERE / "data", path / "data")
+    return path
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("pipeline")
-    shutil.copytree(HERE / "config", work / "config")
-    shutil.copytree(HERE / "data", work / "data")
+    work = fresh(tmp_path_factory.mktemp("pipeline"))
+    start = time.perf_counter()
     proc = run(work)
+    CLEAN_RUN_SECONDS.append(time.perf_counter() - start)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return work
 
@@ -131,3 +148,104 @@ def test_bad_input_stops_before_any_job_and_keeps_results(workdir, tmp_path):
     assert "Traceback" not in proc.stderr
     assert digest((bad / "results").rglob("*.*")) == before
     assert digest((workdir / "results").rglob("*.*")) == good
+
+
+@pytest.mark.slow
+def test_summary_numbers_come_from_the_tables(workdir):
+    folder = workdir / "results/studies/tiny_synthetic"
+    head = pd.read_csv(folder / "tables/random_effects.csv").iloc[0]
+    text = (folder / "report/summary.md").read_text()
+    assert text.startswith("**SYNTHETIC data**")
+    assert f"k = {int(head['k'])} effect sizes" in text
+    assert f"r = {bounded(head['r'])}, 95% CI {interval(head['r_ci_lb'], head['r_ci_ub'])}" in text
+    assert f"new study was {interval(head['r_pi_lb'], head['r_pi_ub'])}" in text
+    assert f"I² = {percent(head['I2'])} (95% CI {interval(head['I2_ci_lb'], head['I2_ci_ub'], percent)})" in text
+    assert f"r² = {bounded(head['r'] ** 2, 3)}" in text
+    cr2 = pd.read_csv(folder / "tables/multilevel.csv").set_index("test").loc["cr2"]
+    assert f"with CR2 robust standard errors {interval(cr2['r_ci_lb'], cr2['r_ci_ub'])}" in text
+    bayes = pd.read_csv(folder / "tables/bayes.csv").set_index("parameter").loc["r"]
+    assert f"posterior mean r = {bounded(bayes['mean'])}" in text
+    for table in ("random_effects", "multilevel", "moderators", "publication_bias", "bayes"):
+        assert (folder / f"report/{table}.md").read_text().startswith("*"), table
+        assert r"\toprule" in (folder / f"report/{table}.tex").read_text(), table
+    assert "| 20b |" in (folder / "report/checklist.md").read_text()
+    sessions = workdir / "results/sessions/tiny_sessions_synthetic"
+    assert (sessions / "report/summary.md").read_text().startswith("**SYNTHETIC data**")
+    assert (sessions / "report/mixed_models.tex").exists()
+    overview = (workdir / "results/summary.md").read_text()
+    assert "## tiny_synthetic — SYNTHETIC data" in overview
+    assert "## tiny_sessions_synthetic — SYNTHETIC data" in overview
+    run_record = json.loads((workdir / "results/provenance.json").read_text())["run"]
+    assert set(run_record) >= {"command", "started", "finished", "commit", "dirty"}
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@pytest.mark.slow
+def test_report_opens_on_the_headline_and_every_image_loads(workdir):
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    proc = run(workdir, "--report", "results/report.html", "--report-metadata", "results/report/metadata.yaml",
+               "--report-stylesheet", str(ROOT / "workflow/report/style.css"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    head = pd.read_csv(workdir / "results/studies/tiny_synthetic/tables/random_effects.csv").iloc[0]
+    pooled = f"r = {bounded(head['r'])}, 95% CI {interval(head['r_ci_lb'], head['r_ci_ub'])}"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.goto((workdir / "results/report.html").as_uri())
+            headline = page.get_by_text(pooled).first
+            headline.wait_for(state="visible", timeout=30_000)
+            box = headline.bounding_box()
+            assert box is not None and box["y"] + box["height"] <= 800, f"the pooled r is below the first screen: {box}"
+            assert page.get_by_text("Headline findings").first.is_visible()
+            results = page.evaluate("Object.values(results).map(r => [r.name, r.mime_type, r.caption.length])")
+            assert all(length > 0 for _, _, length in results), "every table and figure has a caption"
+            images = [name for name, mime, _ in results if mime.startswith("image/")]
+            assert {"forest.png", "funnel.png", "posterior.png", "trajectories.png"} <= set(images)
+            loaded = page.evaluate("""async () => Promise.all(Object.values(results)
+                .filter(r => r.mime_type.startsWith('image/'))
+                .map(r => new Promise(done => { const img = new Image();
+                    img.onload = () => done([r.name, img.naturalWidth]); img.onerror = () => done([r.name, 0]);
+                    img.src = r.data_uri; })))""")
+            assert loaded and all(width > 0 for _, width in loaded), loaded
+            page.evaluate("r => app.setView({content: 'img', contentPath: r})",
+                          next(r for r in page.evaluate("Object.values(results).map(r => r.data_uri)")
+                               if r.startswith("data:image/png")))
+            shown = page.locator("img").last
+            shown.wait_for(state="visible", timeout=10_000)
+            assert shown.evaluate("img => img.complete && img.naturalWidth > 0")
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_a_killed_run_reruns_to_the_same_bytes(workdir, tmp_path):
+    """SIGKILL the pipeline at a random moment, rerun it as `make run` does, compare with the clean run."""
+    work = fresh(tmp_path / "killed")
+    seconds = float(os.environ.get("ALLIANCEMETA_KILL_AT", 0)) or random.uniform(
+        2.0, max(3.0, 0.7 * CLEAN_RUN_SECONDS[0]))
+    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--cores", "2"]
+    job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        job.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    assert run(work, "--unlock").returncode == 0
+    proc = run(work, "--rerun-incomplete")
+    assert proc.returncode == 0, f"rerun after a SIGKILL at {seconds:.1f} s failed:\n{proc.stderr[-3000:]}"
+    differences = compare(snapshot(workdir / "results"), snapshot(work / "results"))
+    assert not differences, f"after a SIGKILL at {seconds:.1f} s (ALLIANCEMETA_KILL_AT to repeat): {differences}"
+    assert not list((work / "results").rglob(".*.tmp")), "no temporary file is left behind"

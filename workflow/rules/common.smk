@@ -14,6 +14,11 @@ from alliancemeta.report.provenance import git_state
 from alliancemeta.report.apa import BUILDERS
 
 RUN_STARTED = datetime.now(timezone.utc).isoformat(timespec="seconds")
+#: The report's landing page (written by rule summary into this run's results/; the report directive needs
+#: an absolute path, as relative ones are read from the Snakefile's folder).
+LANDING = str(Path.cwd() / "results" / "report" / "landing.rst")
+#: Static text of the landing page, shipped with the workflow.
+FRONT = str(Path(workflow.basedir, "workflow", "report", "workflow.rst"))
 
 SCHEMA = Path(workflow.basedir, "workflow", "schemas", "config.schema.yaml")
 

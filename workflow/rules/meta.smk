@@ -117,7 +117,6 @@ only_when("aggregated", has_study_id)
 rule forest:
     input:
         studies="data/processed/studies/{dataset}.csv",
-        random_effects="results/studies/{dataset}/tables/random_effects.csv",
     output:
         pdf="results/studies/{dataset}/figures/forest.pdf",
         png=report(

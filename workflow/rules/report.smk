@@ -96,7 +96,7 @@ rule session_report:
 rule summary:
     input:
         headlines=all_headlines(),
-        front="workflow/report/workflow.rst",
+        front=FRONT,
     output:
         summary="results/summary.md",
         landing="results/report/landing.rst",

@@ -6,9 +6,8 @@ run_stage(
     snakemake.log[0],
     write_forest,
     snakemake.input.studies,
-    snakemake.input.random_effects,
     snakemake.output.pdf,
     snakemake.output.png,
-    dataset=snakemake.params.study.dataset,
+    study=snakemake.params.study,
     meta=snakemake.params.meta,
 )

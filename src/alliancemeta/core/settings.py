@@ -179,6 +179,7 @@ class StudyDataset(NamedTuple):
     moderators: tuple[str, ...]
     predictor: str
     outcome: str
+    forest_by: str | None
 
 
 class SessionDataset(NamedTuple):
@@ -210,7 +211,7 @@ class Settings(NamedTuple):
         studies = {
             name: StudyDataset(
                 Dataset(name, bool(entry["synthetic"])), str(entry["path"]), tuple(entry["moderators"]),
-                str(entry["predictor"]), str(entry["outcome"]),
+                str(entry["predictor"]), str(entry["outcome"]), entry["forest_by"],
             )
             for name, entry in config["studies"].items()
         }

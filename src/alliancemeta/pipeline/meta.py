@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from alliancemeta.core.settings import Dataset, MetaSettings
+from alliancemeta.core.inference import critical_value
+from alliancemeta.core.settings import MetaSettings, StudyDataset
 from alliancemeta.core.tables import write_csv
 from alliancemeta.pipeline.common import read_studies_table
-from alliancemeta.plots.forest import forest_plot
-from alliancemeta.plots.style import save_figure
+from alliancemeta.plots.forest import Pooled, forest_pages, forest_rows
+from alliancemeta.plots.style import save_pages
 from alliancemeta.studies.multilevel.aggregate import aggregate_within_studies
 from alliancemeta.studies.multilevel.model import MultilevelFit, three_level
 from alliancemeta.studies.multilevel.robust import robust_cr2
@@ -323,13 +324,41 @@ def write_aggregated_random_effects(studies, table, meta: MetaSettings) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def write_forest(studies, random_effects, pdf, png, *, dataset: Dataset, meta: MetaSettings) -> None:
-    """Forest plot of a processed study table with the headline (first) row of ``random_effects.csv``."""
+def forest_figure(frame: pd.DataFrame, meta: MetaSettings, title: str, by: str | None = None):
+    """The forest plot of a processed study table: the headline model, subgroup panels by ``by``."""
+    yi, vi = frame["yi"].to_numpy(float), frame["vi"].to_numpy(float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # k = 1 falls back to z: the plot shows what was fitted
+        fit = random_effects(yi, vi, method=meta.method, test=meta.test, level=meta.level)
+    pred = fit.predict()
+    weights = 100.0 * fit.weights / fit.weights.sum()
+    label = f"{meta.method} model ({meta.test}), k = {fit.k}"
+    overall = Pooled(label, fit.estimate, float(fit.ci_lbs[0]), float(fit.ci_ubs[0]), pred.pi_lb, pred.pi_ub)
+    het = "" if fit.method == "FE" else f"τ² = {fit.tau2:.3g}, "
+    note = f"Heterogeneity: {het}I² = {fit.I2:.0f}%, Q({fit.QE_df}) = {fit.QE:.2f}, p {_p(fit.QE_pval)}"
+    groups = subgroup = None
+    if by is not None and by in frame.columns and is_categorical(frame[by].dropna()):
+        groups = frame[by].to_numpy(dtype=object)
+        table = subgroup_table(frame, [by], meta.method, meta.test, meta.level)
+        subgroup = {
+            str(r["level"]): Pooled(f"Subgroup {r['level']} (k = {int(r['k'])})", r["estimate"], r["ci_lb"], r["ci_ub"])
+            for _, r in table.iterrows()
+        }
+        if len(table) and np.isfinite(table["Q_between"].iloc[0]):
+            q = table.iloc[0]
+            note += f"; subgroup differences ({by}): Q({int(q['Q_between_df'])}) = {q['Q_between']:.2f}, p " + _p(
+                q["Q_between_pval"])
+    rows = forest_rows(frame["study"].astype(str), yi, vi, weights, critical_value(meta.level), overall, groups,
+                       subgroup, note)
+    return forest_pages(rows, meta.level, title)
+
+
+def _p(p: float) -> str:
+    return "< .001" if p < 0.001 else f"= {p:.3f}".replace("0.", ".", 1)
+
+
+def write_forest(studies, pdf, png, *, study: StudyDataset, meta: MetaSettings) -> None:
+    """Forest plot of a processed study table (headline model; subgroup panels by ``study.forest_by``)."""
     frame = read_studies_table(studies)
-    head = pd.read_csv(random_effects).iloc[0]
-    summary = {
-        **{c: float(head[c]) for c in ("estimate", "ci_lb", "ci_ub", "pi_lb", "pi_ub")},
-        "label": f"{head['estimator']} ({head['test']}), k = {int(head['k'])}",
-    }
-    fig = forest_plot(frame["study"], frame["yi"], frame["vi"], summary, level=meta.level, title=dataset.label)
-    save_figure(fig, pdf, png)
+    whole, pages = forest_figure(frame, meta, f"{study.dataset.label}: forest plot", study.forest_by)
+    save_pages(whole, pages, pdf, png)

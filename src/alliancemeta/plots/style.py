@@ -37,6 +37,8 @@ STYLE = {
 
 
 PNG_DPI = 200
+#: A figure taller than one page is written at this resolution (a forest plot of 400 effects stays < 3 MB).
+LONG_PNG_DPI = 120
 
 
 _PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None}
@@ -50,6 +52,21 @@ def save_figure(fig, pdf_path: str | os.PathLike, png_path: str | os.PathLike) -
         fig.savefig(tmp, format="png", dpi=PNG_DPI, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
+
+
+def save_pages(whole, pages, pdf_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
+    """A long figure: ``pages`` as a multi-page PDF, ``whole`` (the same plot in one piece) as the PNG."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    with atomic_path(pdf_path) as tmp:
+        with PdfPages(tmp, metadata=_PDF_METADATA) as pdf:
+            for page in pages:
+                pdf.savefig(page, bbox_inches="tight")
+    with atomic_path(png_path) as tmp:
+        whole.savefig(tmp, format="png", dpi=PNG_DPI if len(pages) == 1 else LONG_PNG_DPI, bbox_inches="tight",
+                      metadata={"Software": None})
+    for fig in {id(f): f for f in [whole, *pages]}.values():
+        plt.close(fig)
 
 
 #: Colour-blind-safe qualitative palette (Okabe & Ito 2008, "Color universal design"), by role.
