@@ -96,7 +96,11 @@ def verify(root: Path, results: Path, configfiles: Sequence[Path], snakemake: st
     workdir = Path(tempfile.mkdtemp(prefix="alliancemeta-verify-"))
     try:
         print(f"alliancemeta verify: rerunning the pipeline in {workdir} ...", flush=True)
-        rerun(root, configfiles, workdir, snakemake)
+        try:
+            rerun(root, configfiles, workdir, snakemake)
+        except RuntimeError as err:
+            print(f"alliancemeta verify: {err}", file=sys.stderr)
+            return 2
         differences = compare(snapshot(results), snapshot(workdir / "results"))
     finally:
         if not keep:
