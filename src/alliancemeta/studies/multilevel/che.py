@@ -209,9 +209,13 @@ class _CorrelatedHierarchical:
         :math:`y'PV_rPV_sPy - \tfrac12\operatorname{tr}(PV_rPV_s)` with :math:`V_{study} = ZZ'` and
         :math:`V_{within} = I` (Harville 1977, *JASA* 72, 320-338), where
         :math:`P = V^{-1} - V^{-1}X(X'V^{-1}X)^{-1}X'V^{-1}`.  Traces of products with P split as
-        :math:`\operatorname{tr}(PAPB) = \operatorname{tr}(V^{-1}AV^{-1}B) - 2\operatorname{tr}(Q\tilde X'BV^{-1}A\tilde X)
-        + \operatorname{tr}(QC_AQC_B)`, :math:`\tilde X = V^{-1}X`, :math:`Q = (X'V^{-1}X)^{-1}`,
-        :math:`C_A = \tilde X'A\tilde X`.
+
+        .. math::
+
+            \operatorname{tr}(PAPB) = \operatorname{tr}(V^{-1}AV^{-1}B)
+                - 2\operatorname{tr}(Q\tilde X'BV^{-1}A\tilde X) + \operatorname{tr}(QC_AQC_B),
+
+        :math:`\tilde X = V^{-1}X`, :math:`Q = (X'V^{-1}X)^{-1}`, :math:`C_A = \tilde X'A\tilde X`.
         """
         s_s, s_w = float(theta[0]), float(theta[1])
         g, X, y = self.g, self.X, self.y
@@ -348,8 +352,7 @@ class CHEFit:
         return Prediction(pred, se, pred - crit * se, pred + crit * se, pred - crit * pi_se, pred + crit * pi_se)
 
 
-def che_fit(yi, vi, cluster, rho: float, X=None, test: str = "z", level: float = 0.95,
-            sigma2=(None, None)) -> CHEFit:
+def che_fit(yi, vi, cluster, rho: float, X=None, test: str = "z", level: float = 0.95, sigma2=(None, None)) -> CHEFit:
     r"""Fit the CHE working model by REML, as ``rma.mv`` with a ``vcalc`` covariance matrix.
 
     Equivalent R (Pustejovsky & Tipton 2022, section 4)::
@@ -440,8 +443,17 @@ def _model_based(beta: np.ndarray, vb: np.ndarray, X: np.ndarray, test: str, lev
         crit = stats.norm.ppf(q)
         QM_df = (float(m), np.inf)
         QM_pval = float(stats.chi2.sf(QM, m))
-    return dict(se=se, stat=stat, pval=np.asarray(pval, dtype=float), ci_lb=beta - crit * se,
-                ci_ub=beta + crit * se, QM=QM, QM_df=QM_df, QM_pval=QM_pval, ddf=ddf)
+    return dict(
+        se=se,
+        stat=stat,
+        pval=np.asarray(pval, dtype=float),
+        ci_lb=beta - crit * se,
+        ci_ub=beta + crit * se,
+        QM=QM,
+        QM_df=QM_df,
+        QM_pval=QM_pval,
+        ddf=ddf,
+    )
 
 
 def che_loglik(fit: CHEFit, sigma2) -> float:
@@ -515,8 +527,9 @@ def robust_cr2_che(fit: CHEFit) -> RobustResult:
     se = np.sqrt(np.diag(vb))
     stat = fit.beta / se
     nan = np.full(p, np.nan)
-    partial = RobustResult(fit.level, J, fit.beta, se, vb, stat, nan, nan, nan, nan, np.nan, (np.nan, np.nan),
-                           np.nan, fit.sigma2, K, Hm)
+    partial = RobustResult(
+        fit.level, J, fit.beta, se, vb, stat, nan, nan, nan, nan, np.nan, (np.nan, np.nan), np.nan, fit.sigma2, K, Hm
+    )
     df = np.array([partial.satterthwaite_df(np.eye(p)[i]) for i in range(p)])
     pval = 2.0 * stats.t.sf(np.abs(stat), df)
     crit = stats.t.ppf(1.0 - (1.0 - fit.level) / 2.0, df)
@@ -526,8 +539,24 @@ def robust_cr2_che(fit: CHEFit) -> RobustResult:
     else:
         F, q, dfd, QM_pval = partial.wald_test(np.eye(p)[btt])
         QM, QM_df = F, (q, max(0.0, dfd))
-    return RobustResult(fit.level, J, fit.beta, se, vb, stat, df, pval, fit.beta - crit * se, fit.beta + crit * se,
-                        QM, QM_df, QM_pval, fit.sigma2, K, Hm)
+    return RobustResult(
+        fit.level,
+        J,
+        fit.beta,
+        se,
+        vb,
+        stat,
+        df,
+        pval,
+        fit.beta - crit * se,
+        fit.beta + crit * se,
+        QM,
+        QM_df,
+        QM_pval,
+        fit.sigma2,
+        K,
+        Hm,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -541,8 +570,9 @@ def _nan_row(rho: float, test: str, k: int, n_studies: int, note: str) -> dict:
     return row
 
 
-def che_table(frame: pd.DataFrame, rhos: Sequence[float] = DEFAULT_RHOS, level: float = 0.95,
-              tests: Sequence[str] = TABLE_TESTS) -> pd.DataFrame:
+def che_table(
+    frame: pd.DataFrame, rhos: Sequence[float] = DEFAULT_RHOS, level: float = 0.95, tests: Sequence[str] = TABLE_TESTS
+) -> pd.DataFrame:
     """``che.csv`` (SPEC §5): one row per working correlation ``rho`` and test in ``z, t, cr2``.
 
     ``frame`` is a processed study table with ``study_id`` (the cluster), ``yi`` and ``vi`` (Fisher
