@@ -301,10 +301,12 @@ def _batch_tau2(y: np.ndarray, v: np.ndarray, F: np.ndarray, method: str) -> tup
     :math:`	au^2 \leftarrow 	au^2 + (\sum f w^2e^2 - S_1 + S_2/S_1)/(S_2 - 2S_3/S_1 + S_2^2/S_1^2)`
     (ML: :math:`(\sum fw^2e^2 - S_1)/S_2`) from the Hedges (HE) estimate, truncated at 0, then the
     boundary check of :func:`estimate_tau2` (the log-likelihood at 0 against the stationary point);
-    DL in closed form.  Returns tau^2 and a mask of the replicates that did not converge (the caller
+    DL in closed form (FE: 0).  Returns tau^2 and a mask of the replicates that did not converge (the caller
     refits those one by one).
     """
     n = F.sum(axis=1)
+    if method == "FE":
+        return np.zeros(F.shape[0]), np.zeros(F.shape[0], dtype=bool)
     if method == "DL":
         w = 1.0 / v
         S1 = F @ w
@@ -369,7 +371,7 @@ def bootstrap_replicates(
     Units are clusters (all their rows enter together) or, without ``cluster``, effect sizes.
     ``indices`` (B x n_units, 0-based unit numbers) replaces the random draw, to reproduce a given
     resampling (e.g. R's ``boot.array(..., indices = TRUE)``); otherwise the draw is
-    ``numpy.random.default_rng(seed).integers(0, n_units, (n_boot, n_units))``.  REML, ML and DL are
+    ``numpy.random.default_rng(seed).integers(0, n_units, (n_boot, n_units))``.  REML, ML, DL and FE are
     fitted for all replicates at once (:func:`_batch_tau2`); other estimators, and replicates whose
     batched iteration does not converge, by :func:`estimate_tau2` on the expanded rows.  A replicate
     whose model cannot be fitted is NaN (as ``prop_stronger``'s error handler returns NA) and counted in
@@ -387,7 +389,7 @@ def bootstrap_replicates(
     F = freq[:, codes]  # (B, k) row frequencies
     q_z = np.atleast_1d(np.asarray(q_z, dtype=float))
     method = method.upper()
-    if method in ("REML", "ML", "DL"):
+    if method in ("REML", "ML", "DL", "FE"):
         tau2, pending = _batch_tau2(yi, vi, F, method)
     else:
         tau2, pending = np.full(B, np.nan), np.ones(B, dtype=bool)

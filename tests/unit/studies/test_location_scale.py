@@ -94,6 +94,40 @@ def test_gradient_and_observed_information_are_derivatives_of_the_loglik():
         np.testing.assert_allclose(ev.observed[:, r], fd2, rtol=1e-5, atol=1e-8)
 
 
+def test_observed_information_matches_a_60_digit_finite_difference_hessian():
+    """metafor differentiates numerically (numDeriv, error ~1e-6); the analytic information is exact."""
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 60
+    yi, vi, _x, Z = simulate(k=20, seed=8)
+    model = _LocationScale(yi, vi, np.ones((yi.size, 1)), Z, True)
+    alpha = np.array([-3.2, 0.3])
+    y, v, z = ([Decimal(float(a)) for a in arr] for arr in (yi, vi, Z[:, 1]))
+
+    def loglik(a0, a1):  # REML without constants, intercept-only location
+        t = [(a0 + a1 * zi).exp() for zi in z]
+        w = [1 / (vi_ + ti) for vi_, ti in zip(v, t, strict=True)]
+        S = sum(w)
+        mu = sum(wi * yi_ for wi, yi_ in zip(w, y, strict=True)) / S
+        ssq = sum(wi * (yi_ - mu) ** 2 for wi, yi_ in zip(w, y, strict=True))
+        return -sum((vi_ + ti).ln() for vi_, ti in zip(v, t, strict=True)) / 2 - S.ln() / 2 - ssq / 2
+
+    a = [Decimal(float(x)) for x in alpha]
+    h = Decimal("1e-15")
+    H = np.empty((2, 2))
+    for i in range(2):
+        for j in range(2):
+
+            def at(di, dj, i=i, j=j):
+                b = list(a)
+                b[i] += di
+                b[j] += dj
+                return loglik(*b)
+
+            H[i, j] = float((at(h, h) - at(h, -h) - at(-h, h) + at(-h, -h)) / (4 * h * h))
+    np.testing.assert_allclose(model.evaluate(alpha, derivatives=True).observed, -H, rtol=1e-12)
+
+
 def test_intercept_only_scale_is_rma_uni():
     yi, vi, _x, _Z = simulate(seed=2)
     fit = location_scale(yi, vi)
