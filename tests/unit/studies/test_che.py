@@ -309,3 +309,10 @@ def test_input_errors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         che_fit(yi, vi, cluster, 0.5)  # no warning for an ordinary fit
+
+
+def test_che_table_notes_a_fit_warning():
+    yi, vi, _, _ = simulate(n_clusters=20, seed=3)
+    table = che_table(frame_of(yi, vi, np.arange(yi.size)), rhos=(0.5,))
+    assert table["estimate"].notna().all()
+    assert table["note"].str.contains("not separately identified").all()

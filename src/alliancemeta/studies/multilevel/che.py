@@ -35,6 +35,7 @@ With :math:`\rho = 0` the model is the three-level model.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -581,7 +582,8 @@ def che_table(
     Satterthwaite df (its prediction interval uses the CR2 SE and the Satterthwaite t quantile, as
     ``predict`` on a ``robust.rma`` object does).  The variance components and the REML fit are the
     same for the three tests.  ``r`` columns back-transform the estimate and its confidence bounds
-    (tanh).  A rho whose model cannot be estimated gives NaN rows with the reason in ``note``.
+    (tanh).  A rho whose model cannot be estimated gives NaN rows with the reason in ``note``; warnings of
+    a fit (e.g. one effect per study, where only the sum of the variances is identified) go to ``note`` too.
     """
     missing = [c for c in ("study_id", "yi", "vi") if c not in frame.columns]
     if missing:
@@ -595,7 +597,10 @@ def che_table(
     for rho in rhos:
         rho = _check_rho(rho)
         try:
-            fit_z = che_fit(yi, vi, cluster, rho, test="z", level=level)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                fit_z = che_fit(yi, vi, cluster, rho, test="z", level=level)
+            note = "; ".join(dict.fromkeys(str(w.message) for w in caught))
         except (ConvergenceError, np.linalg.LinAlgError, FloatingPointError, ValueError) as err:
             note = f"CHE model with rho = {rho:g} could not be estimated: {err}"
             rows += [_nan_row(rho, t, k, n_studies, note) for t in tests]
@@ -617,7 +622,7 @@ def che_table(
                     "sigma2_study": fit_z.sigma2_study, "sigma2_within": fit_z.sigma2_within,
                     "r": float(np.tanh(pred.pred)), "r_ci_lb": float(np.tanh(pred.ci_lb)),
                     "r_ci_ub": float(np.tanh(pred.ci_ub)), "pi_lb": pred.pi_lb, "pi_ub": pred.pi_ub,
-                    "loglik": fit_z.loglik, "iterations": fit_z.iterations, "note": "",
+                    "loglik": fit_z.loglik, "iterations": fit_z.iterations, "note": note,
                 }
             )  # fmt: skip
     return pd.DataFrame(rows, columns=[*CHE_COLUMNS, *CHE_EXTRA_COLUMNS])
