@@ -68,7 +68,7 @@ cat(sprintf("ls %.6f %.17g %.17g %.17g\n", t, res$alpha[1], res$alpha[2], a$LRT)
 def simulate_che(k: int, n_clusters: int, seed: int = SEED) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     study = np.sort(np.concatenate([np.arange(n_clusters), rng.integers(0, n_clusters, k - n_clusters)]))
-    es = np.arange(k) - np.searchsorted(study, study)
+    es = np.arange(k) - np.searchsorted(study, study) + 1  # 1-based: vcalc indexes its rho matrix by obs
     vi = 1.0 / (rng.integers(20, 300, k) - 3.0)
     s = np.sqrt(vi)
     # sampling errors correlated at 0.5 within studies: shared + specific parts
