@@ -444,7 +444,8 @@ def distribution_table(
     One row per threshold and ``method`` in ``normal, calibrated``; see the module docstring for the
     intervals (``ci_method`` says which was used: ``delta``, ``bca`` or ``percentile``).  ``seed`` fixes
     the bootstrap draw (same seed, same table); ``n_boot`` must exceed the number of resampling units
-    for BCa (its regression estimate of the acceleration).
+    for BCa (its regression estimate of the acceleration).  When the model itself cannot be estimated the
+    rows are NaN with the reason in ``note``.
     """
     yi = np.asarray(yi, dtype=float)
     vi = np.asarray(vi, dtype=float)
@@ -456,11 +457,18 @@ def distribution_table(
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1); got {level!r}")
     q_z = np.arctanh(thresholds)
-    fit = random_effects(yi, vi, method=method, test=test, level=level)
+    _codes, n_units = _units(cluster, yi.size)
+    try:
+        fit = random_effects(yi, vi, method=method, test=test, level=level)
+    except ConvergenceError as err:
+        note = f"the {method} random-effects model could not be estimated: {err}"
+        rows = [{"threshold": r, "threshold_z": float(q), "method": m, "k": int(yi.size), "n_units": n_units,
+                 "n_boot": 0, "ci_method": "", "note": note}
+                for r, q in zip(thresholds, q_z, strict=True) for m in ("normal", "calibrated")]  # fmt: skip
+        return pd.DataFrame(rows, columns=[*DISTRIBUTION_COLUMNS, *DISTRIBUTION_EXTRA_COLUMNS])
     mu, tau2 = fit.estimate, fit.tau2
     st2 = se_tau2(yi, vi, tau2, method)
     calib = calibrated_estimates(yi, vi, mu, tau2)
-    _codes, n_units = _units(cluster, yi.size)
     boot: Bootstrap | None = None
 
     def replicates() -> Bootstrap:

@@ -190,3 +190,17 @@ def test_input_errors():
         distribution_table(yi, vi, (1.5,))
     with pytest.raises(ValueError, match="level"):
         distribution_table(yi, vi, level=95)
+
+
+def test_unestimable_model_gives_nan_rows_with_a_note(monkeypatch):
+    import alliancemeta.studies.distribution as dist
+    from alliancemeta.studies.random_effects import ConvergenceError
+
+    def fail(*args, **kwargs):
+        raise ConvergenceError("REML Fisher scoring did not converge")
+
+    monkeypatch.setattr(dist, "random_effects", fail)
+    yi, vi, _ = simulate()
+    table = dist.distribution_table(yi, vi, (0.1, 0.3))
+    assert len(table) == 4 and table["share"].isna().all()
+    assert table["note"].str.contains("could not be estimated").all()
