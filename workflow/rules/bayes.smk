@@ -28,6 +28,7 @@ rule bayes_exact:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         bayes=SETTINGS.bayes,
         about=about_study,
     script:
@@ -64,6 +65,7 @@ rule bayes:
         "../envs/alliancemeta.yaml"
     threads: 2
     params:
+        code=CODE,
         bayes=SETTINGS.bayes,
         seed=SETTINGS.seed,
         study=study,
@@ -90,6 +92,7 @@ rule bayes_posterior_figure:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         bayes=SETTINGS.bayes,
         study=study,
         about=about_study,

@@ -18,6 +18,7 @@ rule publication_bias:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         meta=SETTINGS.meta,
         about=about_study,
     script:
@@ -41,6 +42,7 @@ rule funnel:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         study=study,
         meta=SETTINGS.meta,
         about=about_study,

@@ -8,12 +8,15 @@ from snakemake.utils import validate
 
 from alliancemeta.core.errors import ConfigError, InputError
 from alliancemeta.core.inputs import read_sessions, read_studies
-from alliancemeta.core.settings import Settings, validate_config
+from alliancemeta.core.settings import Settings, code_fingerprint, validate_config
 from alliancemeta.pipeline.report import apa_tables_of, write_provenance
 from alliancemeta.report.provenance import git_state
 from alliancemeta.report.apa import BUILDERS
 
 RUN_STARTED = datetime.now(timezone.utc).isoformat(timespec="seconds")
+#: Fingerprint of the package's code: a parameter of every rule, so that results are recomputed when the
+#: code that makes them changes (Snakemake itself tracks only the rule's script).
+CODE = code_fingerprint()
 #: The report's landing page (written by rule summary into this run's results/; the report directive needs
 #: an absolute path, as relative ones are read from the Snakefile's folder).
 LANDING = str(Path.cwd() / "results" / "report" / "landing.rst")
@@ -90,6 +93,10 @@ def has_study_id(dataset):
 
 def has_moderators(dataset):
     return bool(SETTINGS.studies[dataset].moderators)
+
+
+def has_scale_moderators(dataset):
+    return bool(SETTINGS.studies[dataset].scale_moderators)
 
 
 def has_site(dataset):

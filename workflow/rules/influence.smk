@@ -34,6 +34,7 @@ rule influence:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         meta=SETTINGS.meta,
         about=about_study,
     script:
@@ -81,6 +82,7 @@ rule influence_figures:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         study=study,
         meta=SETTINGS.meta,
         about=about_study,
@@ -118,6 +120,7 @@ rule influence_multilevel:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         study=study,
         meta=SETTINGS.meta,
         about=about_study,

@@ -11,6 +11,7 @@ rule ingest_studies:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         study=study,
     script:
         "../scripts/ingest_studies.py"
@@ -26,6 +27,7 @@ rule ingest_sessions:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         session=session,
     script:
         "../scripts/ingest_sessions.py"

@@ -18,6 +18,7 @@ rule random_effects:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         meta=SETTINGS.meta,
         about=about_study,
     script:
@@ -54,6 +55,7 @@ rule moderators:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         study=study,
         meta=SETTINGS.meta,
         about=about_study,
@@ -80,6 +82,7 @@ rule multilevel:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         meta=SETTINGS.meta,
         about=about_study,
     script:
@@ -105,6 +108,7 @@ rule aggregated:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         meta=SETTINGS.meta,
         about=about_study,
     script:
@@ -112,6 +116,91 @@ rule aggregated:
 
 
 only_when("aggregated", has_study_id)
+
+
+rule che:
+    input:
+        studies="data/processed/studies/{dataset}.csv",
+    output:
+        table=report(
+            "results/studies/{dataset}/tables/che.csv",
+            caption="../report/che.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "CHE working model"},
+        ),
+    log:
+        "logs/meta/che_{dataset}.log",
+    conda:
+        "../envs/alliancemeta.yaml"
+    params:
+        code=CODE,
+        meta=SETTINGS.meta,
+        about=about_study,
+    script:
+        "../scripts/che.py"
+
+
+only_when("che", has_study_id)
+
+
+rule location_scale:
+    input:
+        studies="data/processed/studies/{dataset}.csv",
+    output:
+        coefficients=report(
+            "results/studies/{dataset}/tables/location_scale.csv",
+            caption="../report/location_scale.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "location-scale models"},
+        ),
+        tests=report(
+            "results/studies/{dataset}/tables/location_scale_tests.csv",
+            caption="../report/location_scale_tests.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "location-scale tests"},
+        ),
+    log:
+        "logs/meta/location_scale_{dataset}.log",
+    conda:
+        "../envs/alliancemeta.yaml"
+    params:
+        code=CODE,
+        study=study,
+        meta=SETTINGS.meta,
+        about=about_study,
+    script:
+        "../scripts/location_scale.py"
+
+
+only_when("location_scale", has_scale_moderators)
+
+
+rule distribution:
+    input:
+        studies="data/processed/studies/{dataset}.csv",
+    output:
+        table=report(
+            "results/studies/{dataset}/tables/distribution.csv",
+            caption="../report/distribution.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "distribution of true effects"},
+        ),
+    log:
+        "logs/meta/distribution_{dataset}.log",
+    conda:
+        "../envs/alliancemeta.yaml"
+    params:
+        code=CODE,
+        study=study,
+        meta=SETTINGS.meta,
+        seed=SETTINGS.seed,
+        about=about_study,
+    script:
+        "../scripts/distribution.py"
 
 
 rule forest:
@@ -131,6 +220,7 @@ rule forest:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         study=study,
         meta=SETTINGS.meta,
         about=about_study,

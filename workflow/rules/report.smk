@@ -14,6 +14,7 @@ rule apa_study_table:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         study=study,
         meta=SETTINGS.meta,
     script:
@@ -31,6 +32,7 @@ rule apa_session_table:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         session=session,
     script:
         "../scripts/apa_session_table.py"
@@ -61,6 +63,7 @@ rule study_report:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         study=study,
         meta=SETTINGS.meta,
         bayes=SETTINGS.bayes,
@@ -87,6 +90,7 @@ rule session_report:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         session=session,
         about=about_session,
     script:
@@ -106,6 +110,7 @@ rule summary:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         datasets=all_datasets(),
         seed=SETTINGS.seed,
     script:

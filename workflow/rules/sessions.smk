@@ -38,6 +38,7 @@ rule sessions_models:
         "../envs/alliancemeta.yaml"
     threads: 2
     params:
+        code=CODE,
         session=session,
         seed=SETTINGS.seed,
         about=about_session,
@@ -78,6 +79,7 @@ rule sessions_descriptives:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         session=session,
         about=about_session,
     script:
@@ -100,6 +102,7 @@ rule sessions_site_effects:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         session=session,
         meta=SETTINGS.meta,
         about=about_session,
@@ -145,6 +148,7 @@ rule sessions_figures:
     conda:
         "../envs/alliancemeta.yaml"
     params:
+        code=CODE,
         session=session,
         about=about_session,
     script:

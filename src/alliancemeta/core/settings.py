@@ -121,6 +121,9 @@ class MetaSettings(NamedTuple):
     tests: tuple[str, ...]
     level: float
     aggregate_rho: float
+    che_rho: tuple[float, ...]
+    thresholds: tuple[float, ...]
+    distribution_n_boot: int
 
     @property
     def method(self) -> str:
@@ -140,7 +143,11 @@ class MetaSettings(NamedTuple):
     @classmethod
     def from_config(cls, config: Mapping) -> MetaSettings:
         meta = config["meta"]
-        return cls(tuple(meta["estimators"]), tuple(meta["tests"]), float(meta["level"]), float(meta["aggregate_rho"]))
+        return cls(
+            tuple(meta["estimators"]), tuple(meta["tests"]), float(meta["level"]), float(meta["aggregate_rho"]),
+            tuple(float(r) for r in meta["che_rho"]), tuple(float(r) for r in meta["thresholds"]),
+            int(meta["distribution_n_boot"]),
+        )
 
 
 class BayesSettings(NamedTuple):
@@ -180,6 +187,7 @@ class StudyDataset(NamedTuple):
     predictor: str
     outcome: str
     forest_by: str | None
+    scale_moderators: tuple[str, ...]
 
 
 class SessionDataset(NamedTuple):
@@ -212,6 +220,7 @@ class Settings(NamedTuple):
             name: StudyDataset(
                 Dataset(name, bool(entry["synthetic"])), str(entry["path"]), tuple(entry["moderators"]),
                 str(entry["predictor"]), str(entry["outcome"]), entry["forest_by"],
+                tuple(entry["moderators"] if entry["scale_moderators"] is None else entry["scale_moderators"]),
             )
             for name, entry in config["studies"].items()
         }
@@ -350,3 +359,15 @@ def config_reference(schema_path: str | os.PathLike = SCHEMA) -> str:
     lines = ["| key | default | meaning |", "|---|---|---|"]
     lines += [f"| `{key}` | {default} | {text.replace('|', '/')} |" for key, default, text in _rows(schema, schema, "")]
     return "\n".join(lines) + "\n"
+
+
+def code_fingerprint() -> str:
+    """SHA-256 (first 16 hex digits) of the package's Python sources, in a fixed order."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

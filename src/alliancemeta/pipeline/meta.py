@@ -16,12 +16,21 @@ import pandas as pd
 from scipy import stats
 
 from alliancemeta.core.inference import critical_value
+from alliancemeta.core.seeds import derive_seed
 from alliancemeta.core.settings import MetaSettings, StudyDataset
 from alliancemeta.core.tables import write_csv
 from alliancemeta.pipeline.common import read_studies_table
 from alliancemeta.plots.forest import Pooled, forest_pages, forest_rows
 from alliancemeta.plots.style import save_pages
+from alliancemeta.studies.distribution import DISTRIBUTION_COLUMNS, DISTRIBUTION_EXTRA_COLUMNS, distribution_table
+from alliancemeta.studies.location_scale import (
+    LOCATION_SCALE_COLUMNS,
+    LOCATION_SCALE_TEST_COLUMNS,
+    LOCATION_SCALE_TEST_EXTRA,
+    location_scale_table,
+)
 from alliancemeta.studies.multilevel.aggregate import aggregate_within_studies
+from alliancemeta.studies.multilevel.che import CHE_COLUMNS, CHE_EXTRA_COLUMNS, che_table
 from alliancemeta.studies.multilevel.model import MultilevelFit, three_level
 from alliancemeta.studies.multilevel.robust import robust_cr2
 from alliancemeta.studies.random_effects import HeterogeneityCI, MetaFit, confint_tau2, random_effects
@@ -317,6 +326,41 @@ def write_aggregated_random_effects(studies, table, meta: MetaSettings) -> None:
     out = random_effects_table(agg.yi, agg.vi, meta.estimators, meta.tests, meta.level)
     out["rho"] = meta.aggregate_rho
     write_csv(out, table, [*RANDOM_EFFECTS_COLUMNS, "note", "rho"])
+
+
+# --------------------------------------------------------------------------------------------------
+# che.csv, location_scale.csv + location_scale_tests.csv, distribution.csv
+# --------------------------------------------------------------------------------------------------
+
+
+def write_che(studies, table, meta: MetaSettings) -> None:
+    """``che.csv``: the CHE working model over the configured working correlations ``meta.che_rho``."""
+    frame = read_studies_table(studies)
+    write_csv(che_table(frame, meta.che_rho, meta.level), table, [*CHE_COLUMNS, *CHE_EXTRA_COLUMNS])
+
+
+def write_location_scale(studies, coefficients, tests, *, study: StudyDataset, meta: MetaSettings) -> None:
+    """``location_scale.csv`` and ``location_scale_tests.csv``: one model per scale moderator (REML)."""
+    frame = read_studies_table(studies)
+    coefs, omnibus = location_scale_table(frame, study.scale_moderators, meta.level)
+    write_csv(coefs, coefficients, LOCATION_SCALE_COLUMNS)
+    write_csv(omnibus, tests, [*LOCATION_SCALE_TEST_COLUMNS, *LOCATION_SCALE_TEST_EXTRA])
+
+
+def write_distribution(studies, table, *, study: StudyDataset, meta: MetaSettings, seed: int) -> None:
+    """``distribution.csv``: the share of true effects above ``meta.thresholds`` (normal model and calibrated
+    estimates, headline estimator and test; the bootstrap resamples studies when ``study_id`` groups effects).
+
+    ``seed`` is the config seed; the bootstrap uses ``derive_seed(seed, "distribution/<dataset>")``.
+    """
+    frame = read_studies_table(studies)
+    cluster = frame["study_id"].astype(str).to_numpy() if "study_id" in frame.columns else None
+    out = distribution_table(
+        frame["yi"].to_numpy(float), frame["vi"].to_numpy(float), meta.thresholds, method=meta.method,
+        level=meta.level, seed=derive_seed(seed, f"distribution/{study.dataset.name}"),
+        n_boot=meta.distribution_n_boot, cluster=cluster, test=meta.test,
+    )
+    write_csv(out, table, [*DISTRIBUTION_COLUMNS, *DISTRIBUTION_EXTRA_COLUMNS])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -222,6 +222,67 @@ def mixed_models_table(frame: pd.DataFrame, level: float, data: str) -> ApaTable
     )
 
 
+def che_table(frame: pd.DataFrame, level: float, data: str) -> ApaTable:
+    """The CHE working model over the assumed within-study correlations (``che.csv``)."""
+    pct = level_pct(level)
+    rows = []
+    for _, r in frame.iterrows():
+        rows.append((
+            bounded(r["rho"]), TEST_NAMES.get(str(r["test"]), str(r["test"])), bounded(r["r"]), _r_ci(r),
+            num(r["df"], 1) if np.isfinite(r["df"]) else MISSING, pval(r["pval"]), small(r["sigma2_study"]),
+            small(r["sigma2_within"]),
+        ))  # fmt: skip
+    note = (
+        f"Data: {data}. Correlated-and-hierarchical-effects working model: sampling errors of effect sizes from one "
+        f"study correlated at ρ; random effects for studies and effect sizes within studies (REML). CR2 robust = "
+        f"cluster-robust standard errors with Satterthwaite df. r back-transformed from Fisher z; CI at {pct}."
+    )
+    return ApaTable("Correlated and Hierarchical Effects Model", ("ρ", "Inference", "r", f"{pct} CI", "df", "p",
+                    "σ²(study)", "σ²(within)"), tuple(rows), note)  # fmt: skip
+
+
+def location_scale_table(coefficients: pd.DataFrame, tests: pd.DataFrame, level: float, data: str) -> ApaTable:
+    """Scale coefficients (log τ²) per moderator with the tests of constant heterogeneity (``location_scale*.csv``)."""
+    pct = level_pct(level)
+    by = tests.set_index("moderator")
+    rows = []
+    for moderator, part in coefficients[coefficients["part"] == "scale"].groupby("moderator", sort=False):
+        test = by.loc[moderator] if moderator in by.index else None
+        for i, (_, r) in enumerate(part.iterrows()):
+            first = i == 0 and test is not None
+            rows.append((
+                moderator if i == 0 else "", str(r["term"]), num(r["estimate"]), num(r["se"]),
+                interval(r["ci_lb"], r["ci_ub"], num), pval(r["pval"]),
+                f"{num(test['LRT'])}, {p_text(test['LRT_pval'])}" if first and np.isfinite(test["LRT"]) else "",
+            ))  # fmt: skip
+    note = (
+        f"Data: {data}. Location-scale models: intercept-only location, log τ² linear in the moderator (REML); "
+        f"coefficients on the log τ² scale with {pct} CI; LRT = likelihood-ratio test against a constant τ²."
+    )
+    return ApaTable("Heterogeneity by Moderator (Location-Scale Models)", ("Moderator", "Term", "b (log τ²)", "SE",
+                    f"{pct} CI", "p", "LRT"), tuple(rows), note, align="llrrrrl")  # fmt: skip
+
+
+def distribution_table(frame: pd.DataFrame, level: float, data: str) -> ApaTable:
+    """Share of true effects above each threshold (``distribution.csv``)."""
+    pct = level_pct(level)
+    rows = [(bounded(r["threshold"]), str(r["method"]), percent(100 * r["share"]),
+             interval(100 * r["ci_lb"], 100 * r["ci_ub"], percent), str(r.get("ci_method", "")))
+            for _, r in frame.iterrows()]  # fmt: skip
+    note = (
+        f"Data: {data}. Estimated share of true correlations above r: normal random-effects model and "
+        f"calibrated study estimates (Mathur & VanderWeele, 2019); {pct} intervals by the delta method or the BCa "
+        "bootstrap (Interval column)."
+    )
+    return ApaTable(
+        "Distribution of True Effects",
+        ("Above r", "Method", "Share", f"{pct} CI", "Interval"),
+        tuple(rows),
+        note,
+        align="llrrl",
+    )
+
+
 #: Builders by the CSV they read: (function, extra CSVs it needs, title used in the file name).
 BUILDERS = {
     "random_effects": (random_effects_table, ()),
@@ -230,6 +291,9 @@ BUILDERS = {
     "publication_bias": (publication_bias_table, ()),
     "bayes": (bayes_table, ()),
     "mixed_models": (mixed_models_table, ()),
+    "che": (che_table, ()),
+    "location_scale": (location_scale_table, ("location_scale_tests",)),
+    "distribution": (distribution_table, ()),
 }
 
 

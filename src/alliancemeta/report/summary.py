@@ -85,6 +85,15 @@ REFERENCES = {
     "Pustejovsky & Tipton, 2018": "Pustejovsky, J. E., & Tipton, E. (2018). Small-sample methods for cluster-robust "
     "variance estimation and hypothesis testing in fixed effects models. *Journal of Business & Economic "
     "Statistics, 36*(4), 672–683.",
+    "Pustejovsky & Tipton, 2022": "Pustejovsky, J. E., & Tipton, E. (2022). Meta-analysis with robust variance "
+    "estimation: Expanding the range of working models. *Prevention Science, 23*(3), 425–438.",
+    "Viechtbauer & López-López, 2022": "Viechtbauer, W., & López-López, J. A. (2022). Location-scale models for "
+    "meta-analysis. *Research Synthesis Methods, 13*(6), 697–715.",
+    "Mathur & VanderWeele, 2019": "Mathur, M. B., & VanderWeele, T. J. (2019). New metrics for meta-analyses of "
+    "heterogeneous effects. *Statistics in Medicine, 38*(8), 1336–1342.",
+    "Wang & Lee, 2019": "Wang, C.-C., & Lee, W.-C. (2019). A simple method to estimate prediction intervals and "
+    "predictive distributions: Summarizing meta-analyses beyond means and confidence intervals. *Research Synthesis "
+    "Methods, 10*(2), 255–266.",
     "Raudenbush, 2009": "Raudenbush, S. W. (2009). Analyzing effect sizes: Random-effects models. In H. Cooper, "
     "L. V. Hedges, & J. C. Valentine (Eds.), *The handbook of research synthesis and meta-analysis* (2nd ed., "
     "pp. 295–315). Russell Sage Foundation.",
@@ -168,8 +177,9 @@ def _pooled_sentence(row: pd.Series, pct: str) -> str:
     return f"r = {bounded(row['r'])}, {pct} CI {interval(row['r_ci_lb'], row['r_ci_ub'])}, {p_text(row['pval'])}"
 
 
-def _headline_study(tables: Mapping[str, pd.DataFrame], studies: pd.DataFrame, meta: MetaSettings,
-                    predictor: str, outcome: str) -> str:
+def _headline_study(
+    tables: Mapping[str, pd.DataFrame], studies: pd.DataFrame, meta: MetaSettings, predictor: str, outcome: str
+) -> str:
     pct = level_pct(meta.level)
     head = tables["random_effects"].iloc[0]
     k, n = int(head["k"]), sample_size(studies)
@@ -196,8 +206,9 @@ def _headline_study(tables: Mapping[str, pd.DataFrame], studies: pd.DataFrame, m
     return text
 
 
-def _methods_study(tables, studies, dataset: Dataset, meta: MetaSettings, bayes: BayesSettings | None,
-                   predictor: str, outcome: str) -> list[str]:
+def _methods_study(
+    tables, studies, dataset: Dataset, meta: MetaSettings, bayes: BayesSettings | None, predictor: str, outcome: str
+) -> list[str]:
     pct = level_pct(meta.level)
     head = tables["random_effects"].iloc[0]
     k, n = int(head["k"]), sample_size(studies)
@@ -240,6 +251,27 @@ def _methods_study(tables, studies, dataset: Dataset, meta: MetaSettings, bayes:
             f"({_cite('Pustejovsky & Tipton, 2018')}); as a simpler "
             f"alternative, effect sizes were aggregated within studies assuming a sampling correlation of "
             f"ρ = {bounded(meta.aggregate_rho)} ({_cite('Borenstein et al., 2009')}) and then pooled."
+        )
+    if "che" in tables:
+        rhos = ", ".join(bounded(r) for r in tables["che"]["rho"].unique())
+        paras.append(
+            f"A correlated-and-hierarchical-effects (CHE) working model ({_cite('Pustejovsky & Tipton, 2022')}) "
+            f"assumed correlations of ρ = {rhos} between the sampling errors of effect sizes from one study, with "
+            "random effects for studies and for effect sizes within studies and CR2 robust inference, so that "
+            "the dependence of the result on the assumed correlation can be seen."
+        )
+    if "location_scale_tests" in tables:
+        paras.append(
+            f"Location-scale models ({_cite('Viechtbauer & López-López, 2022')}) tested whether the heterogeneity "
+            "itself differs by moderator (log τ² linear in the moderator; Wald test QS and a likelihood-ratio test "
+            "against a constant τ²)."
+        )
+    if "distribution" in tables:
+        qs = ", ".join(bounded(q) for q in tables["distribution"]["threshold"].unique())
+        paras.append(
+            f"The share of true correlations above r = {qs} was estimated from the normal random-effects model and "
+            f"from calibrated study estimates, with bootstrap intervals "
+            f"({_cite('Mathur & VanderWeele, 2019', 'Wang & Lee, 2019')})."
         )
     if "moderator_tests" in tables:
         mods = [m for m in tables["moderator_tests"]["moderator"].unique() if "+" not in m]
@@ -325,6 +357,46 @@ def _results_study(tables, meta: MetaSettings) -> list[str]:
             f"Aggregated within studies (k = {int(agg['k'])} studies), the pooled correlation was "
             f"{_pooled_sentence(agg, pct)}."
         )
+    if "che" in tables:
+        che = tables["che"]
+        cr2 = che[che["test"] == "cr2"].dropna(subset=["r"])
+        if len(cr2):
+            mid = cr2.iloc[len(cr2) // 2]
+            paras.append(
+                f"Under the CHE working model with CR2 inference, r = {bounded(mid['r'])}, {pct} CI "
+                f"{interval(mid['r_ci_lb'], mid['r_ci_ub'])} at ρ = {bounded(mid['rho'])}; across "
+                f"ρ = {', '.join(bounded(r) for r in cr2['rho'])} the pooled r ranged from {bounded(cr2['r'].min())} "
+                f"to {bounded(cr2['r'].max())}."
+            )
+    if "location_scale_tests" in tables:
+        ls = tables["location_scale_tests"].dropna(subset=["LRT"])
+        if len(ls):
+            alpha = 1 - meta.level
+            hits = ls[ls["LRT_pval"] < alpha]
+            parts = [f"{r['moderator']} (LRT = {num(r['LRT'])}, {p_text(r['LRT_pval'])})" for _, r in hits.iterrows()]
+            paras.append(
+                (
+                    "Heterogeneity differed by " + "; ".join(parts) + "."
+                    if parts
+                    else f"No moderator changed the heterogeneity at p < {bounded(alpha)} (location-scale models)."
+                )
+                + f" {len(ls)} moderator(s) were tested."
+            )
+    if "distribution" in tables:
+        dist = tables["distribution"]
+        parts = []
+        for q, part in dist.groupby("threshold", sort=True):
+            cal = part[part["method"] == "calibrated"]
+            nor = part[part["method"] == "normal"]
+            if len(cal) and np.isfinite(cal["share"].iloc[0]):
+                c, n = cal.iloc[0], nor.iloc[0] if len(nor) else None
+                ci = interval(100 * c["ci_lb"], 100 * c["ci_ub"], percent)
+                text = f"{percent(100 * c['share'])} {ci} above r = {bounded(q)}"
+                if n is not None and np.isfinite(n["share"]):
+                    text += f" (normal model: {percent(100 * n['share'])})"
+                parts.append(text)
+        if parts:
+            paras.append("Of the true correlations, an estimated " + "; ".join(parts) + " (calibrated estimates).")
     if "moderator_tests" in tables:
         tests = tables["moderator_tests"]
         head = tests[tests["test"] == meta.test]

@@ -54,7 +54,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from alliancemeta.studies.random_effects import ConvergenceError, estimate_tau2, random_effects
+from alliancemeta.core.errors import ConvergenceError
+from alliancemeta.studies.random_effects import estimate_tau2, random_effects
 
 DISTRIBUTION_COLUMNS = ("threshold", "method", "share", "ci_lb", "ci_ub")
 #: Trailing columns: the threshold on the Fisher-z scale, the standard error of the share (delta method

@@ -42,7 +42,8 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, stats
 
-from alliancemeta.studies.random_effects import ConvergenceError, estimate_tau2
+from alliancemeta.core.errors import ConvergenceError
+from alliancemeta.studies.random_effects import estimate_tau2
 from alliancemeta.studies.regression import Design, ModeratorError, design_matrix, is_categorical
 
 METHODS = ("REML", "ML")

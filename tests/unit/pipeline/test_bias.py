@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 
 from alliancemeta.core.effects import escalc_cor
-from alliancemeta.core.settings import Dataset, MetaSettings
+from alliancemeta.core.settings import Dataset
 from alliancemeta.pipeline.bias import METHODS, publication_bias_table, write_funnel, write_publication_bias
 from alliancemeta.studies.bias.regression_tests import regtest
 from alliancemeta.studies.random_effects import random_effects
+from tests.unit.pipeline.settings import meta_settings
 
 ROOT = Path(__file__).resolve().parents[3]
-META = MetaSettings(("REML",), ("knha",), 0.95, 0.5)
+META = meta_settings("REML", "knha")
 
 
 def molloy():

@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 
 from alliancemeta.core.effects import escalc_cor
-from alliancemeta.core.settings import Dataset, MetaSettings
+from alliancemeta.core.settings import Dataset
 from alliancemeta.pipeline.influence import FIGURES, write_influence, write_influence_figures
 from alliancemeta.studies.influence.deletions import (
     deletion_fits,
 )
 from alliancemeta.studies.influence.diagnostics import influence, leave1out
 from alliancemeta.studies.random_effects import TAU2_THRESHOLD, random_effects
+from tests.unit.pipeline.settings import meta_settings
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
 
@@ -106,7 +107,7 @@ def test_write_influence_tables(tmp_path):
         studies, index=False
     )
     paths = [tmp_path / f"{n}.csv" for n in ("influence", "cumulative", "baujat")]
-    write_influence(studies, *paths, MetaSettings(("REML",), ("knha",), 0.95, 0.5))
+    write_influence(studies, *paths, meta_settings("REML", "knha"))
     table = pd.read_csv(paths[0])
     assert list(table.columns[:15]) == [
         "study", "rstudent", "dffits", "cooks_distance", "cov_ratio", "tau2_del", "QE_del", "hat", "weight",
@@ -117,7 +118,7 @@ def test_write_influence_tables(tmp_path):
     assert (cumulative["order_by"] == "year").all() and cumulative["order_value"].is_monotonic_increasing
     # without years the table says so
     pd.DataFrame({"study": [f"s{i}" for i in range(yi.size)], "yi": yi, "vi": vi}).to_csv(studies, index=False)
-    write_influence(studies, *paths, MetaSettings(("DL",), ("z",), 0.95, 0.5))
+    write_influence(studies, *paths, meta_settings("DL", "z"))
     assert (pd.read_csv(paths[1])["order_by"] == "input").all()
     assert list(pd.read_csv(paths[2]).columns) == ["study", "x", "y"]
 
@@ -129,7 +130,7 @@ def test_write_influence_with_two_effect_sizes_logs_and_writes_nan(tmp_path, cap
     )
     paths = [tmp_path / f"{n}.csv" for n in ("influence", "cumulative", "baujat")]
     with caplog.at_level("WARNING", logger="alliancemeta.pipeline.influence"):
-        write_influence(studies, *paths, MetaSettings(("REML",), ("knha",), 0.95, 0.5))
+        write_influence(studies, *paths, meta_settings("REML", "knha"))
     assert "not computed" in caplog.text and "k > p + 1" in caplog.text
     table = pd.read_csv(paths[0])
     assert table["rstudent"].isna().all() and table["weight"].sum() == pytest.approx(100)
@@ -143,7 +144,7 @@ def test_influence_figures_are_written_and_reproducible(tmp_path):
     pd.DataFrame({"study": [f"s{i}" for i in range(yi.size)], "yi": yi, "vi": vi, "year": year}).to_csv(
         studies, index=False
     )
-    meta = MetaSettings(("REML",), ("knha",), 0.95, 0.5)
+    meta = meta_settings("REML", "knha")
     for folder in ("a", "b"):
         outputs = {n: (tmp_path / folder / f"{n}.pdf", tmp_path / folder / f"{n}.png") for n in FIGURES}
         write_influence_figures(studies, outputs, dataset=Dataset("molloy2014", False), meta=meta)
@@ -158,5 +159,5 @@ def test_influence_figures_for_two_effect_sizes_say_why(tmp_path):
     pd.DataFrame({"study": ["a", "b"], "yi": [0.2, 0.4], "vi": [0.01, 0.02]}).to_csv(studies, index=False)
     outputs = {n: (tmp_path / f"{n}.pdf", tmp_path / f"{n}.png") for n in FIGURES}
     write_influence_figures(studies, outputs, dataset=Dataset("tiny", True),
-                            meta=MetaSettings(("REML",), ("knha",), 0.95, 0.5))
+                            meta=meta_settings("REML", "knha"))
     assert all(pdf.exists() and png.exists() for pdf, png in outputs.values())

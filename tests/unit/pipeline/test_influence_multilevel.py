@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alliancemeta.core.settings import Dataset, MetaSettings
+from alliancemeta.core.settings import Dataset
 from alliancemeta.pipeline.influence import (
     INFLUENCE_MULTILEVEL_COLUMNS,
     influence_multilevel_table,
@@ -20,6 +20,7 @@ from alliancemeta.pipeline.influence import (
 )
 from alliancemeta.studies.multilevel.influence import multilevel_influence
 from alliancemeta.studies.multilevel.model import three_level
+from tests.unit.pipeline.settings import meta_settings
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[3]
 
@@ -46,7 +47,7 @@ def crede():
     return d["yi"].to_numpy(), d["vi"].to_numpy(), d["studyid"].to_numpy(), X
 
 #: the three-level model with the t test (the headline knha maps to t)
-META_T = MetaSettings(("REML",), ("knha",), 0.95, 0.5)
+META_T = meta_settings("REML", "knha")
 
 
 def assert_refit_equal(inf, u, direct):

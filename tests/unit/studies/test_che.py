@@ -13,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import linalg, stats
 
-from alliancemeta.studies.multilevel import group_clusters, robust_cr2, three_level
 from alliancemeta.studies.multilevel.che import (
     CHE_COLUMNS,
     CHE_EXTRA_COLUMNS,
@@ -24,6 +23,9 @@ from alliancemeta.studies.multilevel.che import (
     robust_cr2_che,
     vcalc_dense,
 )
+from alliancemeta.studies.multilevel.clusters import group_clusters
+from alliancemeta.studies.multilevel.model import three_level
+from alliancemeta.studies.multilevel.robust import robust_cr2
 from alliancemeta.studies.random_effects import random_effects
 
 #: Dense and O(k) versions of the same formula differ only by round-off.

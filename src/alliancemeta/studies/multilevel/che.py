@@ -43,10 +43,12 @@ import numpy as np
 import pandas as pd
 from scipy import linalg, stats
 
+from alliancemeta.core.errors import ConvergenceError
+from alliancemeta.core.inference import Prediction
 from alliancemeta.studies.multilevel.clusters import Clusters
-from alliancemeta.studies.multilevel.model import _Evaluation, _moderator_columns, _solve_reml, _validate
+from alliancemeta.studies.multilevel.model import _Evaluation, _validate, moderator_columns, solve_reml
 from alliancemeta.studies.multilevel.robust import RobustResult, _inv_sqrt_psd
-from alliancemeta.studies.random_effects import ConvergenceError, Prediction, _wls
+from alliancemeta.studies.random_effects import wls
 
 TESTS = ("z", "t")
 TABLE_TESTS = ("z", "t", "cr2")
@@ -272,7 +274,7 @@ class _CorrelatedHierarchical:
 
     def start(self) -> np.ndarray:
         """The three-level engine's starting values: half each of max(0.002, var(e_FE) - 1/mean(1/v))."""
-        fe = _wls(self.y, self.X, 1.0 / self.v)
+        fe = wls(self.y, self.X, 1.0 / self.v)
         total = max(0.002, float(np.var(fe.resid, ddof=1)) - 1.0 / float(np.mean(1.0 / self.v)))
         return np.array([total / 2.0, total / 2.0])
 
@@ -400,7 +402,7 @@ def che_fit(yi, vi, cluster, rho: float, X=None, test: str = "z", level: float =
     fixed = tuple(None if s is None or (isinstance(s, float) and np.isnan(s)) else float(s) for s in sigma2)
     if len(fixed) != 2 or any(f is not None and not (np.isfinite(f) and f >= 0) for f in fixed):
         raise ValueError(f"sigma2 must be a pair of None or values >= 0; got {sigma2!r}")
-    opt = _solve_reml(
+    opt = solve_reml(
         model, groups, fixed, what=f"REML estimation of the CHE model (rho = {rho:g})",
         tied_note=f"CHE model (rho = {rho:g}): every study holds a single effect",
         advice="; try another rho, the three-level model, or check for extreme sampling variances",
@@ -428,7 +430,7 @@ def _model_based(beta: np.ndarray, vb: np.ndarray, X: np.ndarray, test: str, lev
     se = np.sqrt(np.diag(vb))
     stat = beta / se
     q = 1.0 - (1.0 - level) / 2.0
-    btt = _moderator_columns(X)
+    btt = moderator_columns(X)
     m = btt.size
     QM = float(beta[btt] @ np.linalg.solve(vb[np.ix_(btt, btt)], beta[btt]))
     if test == "t":
@@ -534,7 +536,7 @@ def robust_cr2_che(fit: CHEFit) -> RobustResult:
     df = np.array([partial.satterthwaite_df(np.eye(p)[i]) for i in range(p)])
     pval = 2.0 * stats.t.sf(np.abs(stat), df)
     crit = stats.t.ppf(1.0 - (1.0 - fit.level) / 2.0, df)
-    btt = _moderator_columns(fit.X)
+    btt = moderator_columns(fit.X)
     if p == 1 and btt.size == 1:
         QM, QM_df, QM_pval = float(stat[0] ** 2), (1.0, float(df[0])), float(pval[0])
     else:
