@@ -62,9 +62,6 @@ DISTRIBUTION_COLUMNS = ("threshold", "method", "share", "ci_lb", "ci_ub")
 #: or bootstrap SD), how the interval was obtained, the bootstrap size and units, the model's mu and tau^2,
 #: the number of effects and a note when an interval could not be computed.
 DISTRIBUTION_EXTRA_COLUMNS = ("threshold_z", "se", "ci_method", "n_boot", "n_units", "k", "estimate", "tau2", "note")
-DEFAULT_THRESHOLDS = (0.1, 0.2, 0.3)
-#: MetaUtility's default number of bootstrap replicates (``prop_stronger(R = 2000)``).
-DEFAULT_N_BOOT = 2000
 #: ``prop_stronger`` uses the delta method only for estimates in [0.15, 0.85] and bootstraps otherwise.
 EXTREME_SHARE = 0.15
 
@@ -428,11 +425,11 @@ def _interval(t0, t, freq, level, fallback_percentile: bool) -> tuple[float, flo
 def distribution_table(
     yi,
     vi,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    thresholds: Sequence[float],
     method: str = "REML",
     level: float = 0.95,
     seed: int = 0,
-    n_boot: int = DEFAULT_N_BOOT,
+    n_boot: int = 2000,  # MetaUtility's prop_stronger(R = 2000); the pipeline passes meta.distribution_n_boot
     cluster=None,
     test: str = "z",
     indices: np.ndarray | None = None,

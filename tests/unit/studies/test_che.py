@@ -288,8 +288,8 @@ def test_che_table_reports_an_unestimable_model_as_nan_rows():
 
 def test_che_table_is_deterministic():
     yi, vi, cluster, _ = simulate(n_clusters=16, seed=8)
-    a = che_table(frame_of(yi, vi, cluster))
-    b = che_table(frame_of(yi, vi, cluster))
+    a = che_table(frame_of(yi, vi, cluster), (0.2, 0.5, 0.8))
+    b = che_table(frame_of(yi, vi, cluster), (0.2, 0.5, 0.8))
     pd.testing.assert_frame_equal(a, b)
 
 
@@ -305,9 +305,9 @@ def test_input_errors():
     with pytest.raises(ValueError, match="unknown test"):
         che_fit(yi, vi, cluster, 0.5, test="knha")
     with pytest.raises(ValueError, match="lacks column"):
-        che_table(pd.DataFrame({"yi": yi, "vi": vi}))
+        che_table(pd.DataFrame({"yi": yi, "vi": vi}), (0.5,))
     with pytest.raises(ValueError, match="unknown CHE test"):
-        che_table(frame_of(yi, vi, cluster), tests=("z", "hc0"))
+        che_table(frame_of(yi, vi, cluster), (0.5,), tests=("z", "hc0"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         che_fit(yi, vi, cluster, 0.5)  # no warning for an ordinary fit

@@ -189,7 +189,7 @@ def test_input_errors():
     with pytest.raises(ValueError, match="correlations"):
         distribution_table(yi, vi, (1.5,))
     with pytest.raises(ValueError, match="level"):
-        distribution_table(yi, vi, level=95)
+        distribution_table(yi, vi, (0.1,), level=95)
 
 
 def test_unestimable_model_gives_nan_rows_with_a_note(monkeypatch):

@@ -52,9 +52,6 @@ from alliancemeta.studies.random_effects import wls
 
 TESTS = ("z", "t")
 TABLE_TESTS = ("z", "t", "cr2")
-#: Default working correlations (config ``meta.che_rho``): the sensitivity grid of Pustejovsky &
-#: Tipton (2022, section 5), low, moderate and high.
-DEFAULT_RHOS = (0.2, 0.5, 0.8)
 CHE_COLUMNS = (
     "rho", "test", "k", "n_studies", "estimate", "se", "stat", "df", "pval", "ci_lb", "ci_ub", "sigma2_study",
     "sigma2_within", "r", "r_ci_lb", "r_ci_ub",
@@ -574,7 +571,7 @@ def _nan_row(rho: float, test: str, k: int, n_studies: int, note: str) -> dict:
 
 
 def che_table(
-    frame: pd.DataFrame, rhos: Sequence[float] = DEFAULT_RHOS, level: float = 0.95, tests: Sequence[str] = TABLE_TESTS
+    frame: pd.DataFrame, rhos: Sequence[float], level: float = 0.95, tests: Sequence[str] = TABLE_TESTS
 ) -> pd.DataFrame:
     """``che.csv`` (SPEC §5): one row per working correlation ``rho`` and test in ``z, t, cr2``.
 
