@@ -15,6 +15,8 @@ non-centred model (bulk ESS ~1,550 for mu and tau), 3.1 s + 0.3 s for the margin
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,10 +29,15 @@ import xarray as xr
 from alliancemeta.core.errors import SamplingError
 from alliancemeta.core.settings import SamplerSettings
 
+log = logging.getLogger(__name__)
+
 #: Convergence thresholds (Vehtari et al. 2021, *Bayesian Analysis* 16, 667-718: r_hat < 1.01 and
 #: bulk ESS > 100 per chain, i.e. 400 for four chains).
 R_HAT_MAX = 1.01
 ESS_BULK_MIN = 400
+#: How often a running sampler is polled, and how often its progress goes to the log (seconds).
+POLL_SECONDS = 0.1
+PROGRESS_SECONDS = 10.0
 #: The automatic retry runs with the configured ``retry_target_accept`` (smaller steps remove most
 #: divergences that remain) and this many times the draws and tuning steps (which cures a bulk ESS that
 #: fell just short).
@@ -144,8 +151,10 @@ class CompiledModel:
         if self.backend == "nutpie":
             import nutpie
 
-            idata = nutpie.sample(self._nutpie, draws=draws, tune=tune, chains=s.chains, cores=s.n_cores(),
-                                  seed=seed, target_accept=ta, progress_bar=False, save_warmup=False)
+            sampler = nutpie.sample(self._nutpie, draws=draws, tune=tune, chains=s.chains, cores=s.n_cores(),
+                                    seed=seed, target_accept=ta, progress_bar=False, save_warmup=False,
+                                    blocking=False)
+            idata = _wait_logging_progress(sampler, draws, tune)
             label = f"nutpie {nutpie.__version__} (numba)"
         else:
             idata = pm.sample(draws=draws, tune=tune, chains=s.chains, cores=s.n_cores(), random_seed=seed,
@@ -154,6 +163,41 @@ class CompiledModel:
             label = f"pymc {pm.__version__} NUTS"
         return _tidy(idata, self.model, {"sampler": label, "seed": seed, "target_accept": ta,
                                          "draws": draws, "tune": tune, "chains": s.chains})
+
+
+def _finished(sampler) -> bool:
+    try:
+        return bool(sampler.is_finished)
+    except TimeoutError:  # nutpie's way of saying "still running"
+        return False
+
+
+def _wait_logging_progress(sampler, draws: int, tune: int):
+    """Wait for a background nutpie run, logging each chain's progress every :data:`PROGRESS_SECONDS`.
+
+    The log (the rule's log file) shows, per chain, the posterior draws done so far (after ``tune`` tuning
+    steps) and the divergences so far, so a long run can be followed with ``tail -f``.
+    """
+    start = last = time.monotonic()
+    while not _finished(sampler):
+        time.sleep(POLL_SECONDS)
+        now = time.monotonic()
+        if now - last < PROGRESS_SECONDS:
+            continue
+        last = now
+        part = sampler.inspect()
+        if "posterior" not in part.groups() or not part.posterior.data_vars:
+            log.info("sampling: %.0f s, chains tuning (%d steps each)", now - start, tune)
+            continue
+        first = next(iter(part.posterior.data_vars.values()))
+        values = first.values.reshape(first.sizes["chain"], first.sizes["draw"], -1)
+        done = np.isfinite(values[:, :, 0]).sum(axis=1)
+        div = int(part.sample_stats["diverging"].sum()) if "diverging" in part.sample_stats else 0
+        chains = ", ".join(f"chain {c}: {d}/{draws}" for c, d in enumerate(done))
+        log.info("sampling: %.0f s, %s draws, %d divergences so far", now - start, chains, div)
+    idata = sampler.wait()
+    log.info("sampling finished in %.1f s", time.monotonic() - start)
+    return idata
 
 
 def _dataset(values: Mapping, model: pm.Model) -> xr.Dataset:
