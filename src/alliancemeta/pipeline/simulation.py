@@ -244,8 +244,8 @@ def simulation_markdown(summary: pd.DataFrame, settings: SimulationSettings, cod
 def write_simulation(batches: Sequence[str], table, markdown, figure_pdf, figure_png, *,
                      settings: SimulationSettings, code: str = "") -> None:  # fmt: skip
     """Gather the batch files into ``simulation.csv``, ``simulation.md`` and the coverage/bias figure."""
-    frame = pd.concat([pd.read_csv(path, keep_default_na=False, na_values=[""]) for path in batches],
-                      ignore_index=True)  # fmt: skip
+    frame = pd.concat([pd.read_csv(path, dtype={"note": str}, keep_default_na=False, na_values=[""])
+                       for path in batches], ignore_index=True)  # fmt: skip
     frame["note"] = frame["note"].fillna("")
     summary = simulation_summary(frame, settings)
     write_csv(summary, table, [*SIMULATION_COLUMNS, *SIMULATION_EXTRA_COLUMNS])
