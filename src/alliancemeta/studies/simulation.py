@@ -22,7 +22,7 @@ and the models ignore or get only approximately right (Flückiger, Del Re, Wampo
   :math:`\operatorname{corr}(E_j, E_l) = \rho`, so :math:`r_{ij}` has its exact finite-sample distribution
   (Fisher z is only approximately normal with variance :math:`1/(n-3)` and mean slightly above
   :math:`\theta`), and the sampling errors of one study's :math:`z_{ij}` correlate at about :math:`\rho`
-  (exactly :math:`\rho` as :math:`\theta \to 0`; Olkin & Finn 1990, *Psychol Bull* 108, 330-333);
+  (in large samples, and more closely the smaller the true effects; Olkin & Finn 1990, *Psychol Bull* 108, 330-333);
 - correlations **rounded to two decimals**, as primary studies report them, then ``yi = atanh(r)``,
   ``vi = 1/(n - 3)`` (metafor's ``escalc("ZCOR")``);
 - **selection on significance** (optional): a study is published with a probability that steps down with the
@@ -118,7 +118,7 @@ class Condition:
         Share of ``tau2`` between effect sizes of one study.
     rho : float
         Correlation of the outcome measures of one study given the alliance score: the sampling correlation of
-        the study's effect sizes (approximately; exactly as the true effects go to 0).
+        the study's effect sizes (approximately, in large samples with small true effects).
     selection : tuple of 3 floats
         Publication probability of a study whose primary effect has one-sided p in [0, .025), [.025, .5),
         [.5, 1]; ``(1, 1, 1)`` is no selection.
@@ -256,7 +256,7 @@ def sample_correlations(theta: np.ndarray, n: np.ndarray, rho: float, rng: np.ra
     (always positive definite).  The cross-product matrix of n normal observations about their mean is
     :math:`W \sim \text{Wishart}(n - 1, \Sigma)`, drawn as :math:`W = (LA)(LA)'` with Bartlett's lower-triangular
     :math:`A`: :math:`A_{ii}^2 \sim \chi^2_{n-1-i}` (i = 0, 1, ...) and standard normal entries below the diagonal
-    (Bartlett 1933; Anderson 2003, *An Introduction to Multivariate Statistical Analysis*, theorem 7.2.1).  With
+    (Bartlett 1933; Anderson 2003, *An Introduction to Multivariate Statistical Analysis*, section 7.2).  With
     :math:`B = LA` lower triangular, :math:`r_j = W_{0j}/\sqrt{W_{00}W_{jj}} = B_{j0}/\lVert B_{j\cdot}\rVert`.
     """
     theta = np.asarray(theta, dtype=float)
