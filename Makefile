@@ -9,13 +9,14 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: run test lint bench verify clean-results help
+.PHONY: run test lint bench verify simulate clean-results help
 
 help:
 	@echo "make run    - install pinned dependencies into .venv and run the whole pipeline"
 	@echo "make test   - install if needed, then lint and run the test suite"
 	@echo "make bench  - run the performance benchmarks (prints tables)"
 	@echo "make verify - rerun the pipeline into a temporary folder and print any output that differs"
+	@echo "make simulate - Monte-Carlo simulation study of the interval methods -> results/simulation/ (not part of run)"
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,12 @@ test: $(STAMP) lint
 
 verify: $(STAMP)
 	$(BIN)/alliancemeta verify
+
+# The simulation study is its own target (about 25 min on one busy core with the default design); pass e.g.
+# SIMULATE_ARGS="--cores 1" to keep it to one process.
+simulate: $(STAMP)
+	@$(BIN)/snakemake --profile workflow/profiles/default --unlock > /dev/null 2>&1 || true
+	$(BIN)/snakemake --profile workflow/profiles/default $(SIMULATE_ARGS) results/simulation/simulation.csv
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -22,6 +22,7 @@ include: "workflow/rules/influence.smk"
 include: "workflow/rules/bayes.smk"
 include: "workflow/rules/sessions.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/simulate.smk"
 
 
 rule all:

@@ -163,6 +163,9 @@ def all_inputs():
 # --- targets: every output path is written once, in its rule ------------------------------------
 
 ONLY_WHEN = {}
+#: Heavier studies that are their own make targets (SPEC §3): study name by rule. Their rules are left out of
+#: rule all and of the report; a run that builds only them writes results/provenance_<study>.json.
+OWN_TARGETS = {}
 
 
 def only_when(rule_name, predicate):
@@ -170,12 +173,18 @@ def only_when(rule_name, predicate):
     ONLY_WHEN[rule_name] = predicate
 
 
+def own_target(rule_name, study):
+    """Keep ``rule_name`` (part of the separate ``study``) out of ``make run``: it runs only when one of its
+    outputs is asked for."""
+    OWN_TARGETS[rule_name] = study
+
+
 def _outputs(kind=None, name=None):
     """(rule name, template) of every output under results/ (wildcard constraints removed), optionally only
     those of one dataset kind (studies/sessions) and name, with the rule's ONLY_WHEN condition applied.
     """
     for step in workflow.rules:
-        if step.name == "all":
+        if step.name == "all" or step.name in OWN_TARGETS:
             continue
         for output in map(str, step.output):
             template = re.sub(
@@ -260,8 +269,25 @@ def all_targets():
     return sorted(set(targets))
 
 
+def _own_target_study():
+    """The separate study this run built, when every target asked for belongs to it (None for make run and
+    for any run that builds the main results)."""
+    studies = set()
+    for target in workflow.dag_settings.targets:
+        owners = {
+            study
+            for step in workflow.rules
+            if (study := OWN_TARGETS.get(step.name))
+            and (target == step.name or any(o.match(target) for o in step.output))
+        }
+        if not owners:
+            return None
+        studies |= owners
+    return studies.pop() if len(studies) == 1 else None
+
+
 def finish_run():
-    """After a successful run: results/provenance.json for this run, and where the results are."""
+    """After a successful run: provenance.json for this run, and where the results are."""
     if any(arg in sys.argv for arg in ("--report", "-n", "--dry-run", "--lint")):
         return
     run = {
@@ -271,6 +297,12 @@ def finish_run():
         "workdir": str(Path.cwd()),
         **git_state(workflow.basedir),
     }
+    study = _own_target_study()
+    if study is not None:
+        path = f"results/provenance_{study}.json"
+        write_provenance([], path, SETTINGS.config, run)
+        print(f"\nalliancemeta: {study} written; provenance in {path}", file=sys.stderr)
+        return
     write_provenance(all_inputs(), "results/provenance.json", SETTINGS.config, run)
     print("\nalliancemeta: results written", file=sys.stderr)
     for path in ("results/summary.md", "results/provenance.json"):

@@ -6,4 +6,5 @@
 - :mod:`.influence`  leave-one-out, cumulative, Baujat, influence panel, three-level study deletions
 - :mod:`.bayes`      posterior densities with priors
 - :mod:`.sessions`   trajectories, alliance coefficients, session-model posteriors
+- :mod:`.simulation` coverage and bias of the interval methods in the simulation study
 """
