@@ -125,7 +125,8 @@ def bridge_sampling(draws: np.ndarray, log_q: Callable[[np.ndarray], np.ndarray]
     lstar = float(np.median(l1))
     e1, e2 = l1 - lstar, l2 - lstar
     log_r = 0.0
-    for it in range(1, MAX_ITER + 1):
+    n_iter = 0
+    for n_iter in range(1, MAX_ITER + 1):  # noqa: B007 (the count is reported)
         # numerator and denominator in logs: log mean(e^{e2} / (s1 e^{e2} + s2 r)), log mean(1 / (s1 e^{e1} + s2 r))
         num = special.logsumexp(e2 - np.logaddexp(np.log(s1) + e2, np.log(s2) + log_r)) - np.log(n2)
         den = special.logsumexp(-np.logaddexp(np.log(s1) + e1, np.log(s2) + log_r)) - np.log(n1)
@@ -145,4 +146,4 @@ def bridge_sampling(draws: np.ndarray, log_q: Callable[[np.ndarray], np.ndarray]
     f2 = 1.0 / (s1 * a1 + s2)  # at posterior draws
     rho = n1 / max(_ess(f2.reshape(chains, -1)), 1.0)
     re2 = float(np.var(f1) / np.mean(f1) ** 2 / n2 + rho * np.var(f2) / np.mean(f2) ** 2 / n1)
-    return BridgeResult(log_r + lstar, re2, it, n1, n1_eff, n2)
+    return BridgeResult(log_r + lstar, re2, n_iter, n1, n1_eff, n2)

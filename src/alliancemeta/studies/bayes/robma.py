@@ -33,28 +33,51 @@ the total heterogeneity :math:`\tau` keeps its prior and the share of it between
 :math:`\rho \sim \text{Beta}(1, 1)`, is the correlation of true effects within a study:
 :math:`\sigma^2_{\text{study}} = \rho\tau^2`, :math:`\sigma^2_{\text{within}} = (1-\rho)\tau^2`.
 Without selection (no bias, PET, PEESE) study :math:`j`'s effects are multivariate normal with
-compound-symmetric covariance, evaluated in O(k) by Sherman–Morrison.  With selection, each
-effect is published independently given its study's true mean :math:`\theta_j \sim N(\mu,
-\sigma^2_{\text{study}})`, with the weighted normal of :mod:`.weightfunctions` around
-:math:`\theta_j` with variance :math:`s_{ji}^2 = v_{ji} + \sigma^2_{\text{within}}`:
+compound-symmetric covariance, evaluated in O(k) by Sherman–Morrison.  With selection there are
+two likelihoods (``selection_likelihood``):
 
-.. math::
+- ``joint`` (default): the study's effects follow the compound-symmetric normal
+  :math:`y_j = \mu + u_j + e_j`, :math:`u_j \sim N(0, \sigma^2_{\text{study}})`,
+  :math:`e_{ji} \sim N(0, v_{ji} + \sigma^2_{\text{within}})`, and the study is published with
+  probability proportional to :math:`\prod_i w(p_{ji})` — the multivariate form of the weighted
+  normal of Vevea & Hedges (1995):
 
-    p(y_j) = \int N(\theta; \mu, \sigma^2_{\text{study}})
-        \prod_i \frac{w(p_{ji})\,\phi\big((y_{ji} - \theta)/s_{ji}\big)/s_{ji}}{A_{ji}(\theta)}\, d\theta
-      = \prod_i w(p_{ji}) \; N_{\text{CS}}(y_j) \; E\Big[\prod_i A_{ji}(\theta)^{-1}\Big],
-      \quad \theta \sim N(m_j, V_j),
+  .. math::
 
-where :math:`N_{\text{CS}}` is the compound-symmetric normal density and
-:math:`N(m_j, V_j)` the conditional posterior of :math:`\theta_j` without selection
-(:math:`V_j = \sigma^2_{\text{study}}/(1 + \sigma^2_{\text{study}}S_{1j})`,
-:math:`m_j = \mu + V_j S_{2j}`, :math:`S_{1j} = \sum_i 1/s_{ji}^2`, :math:`S_{2j} = \sum_i (y_{ji}-\mu)/s^2_{ji}`).
-The expectation of the smooth, bounded :math:`\prod_i A^{-1}` is taken by Gauss–Hermite
-quadrature with ``gh_nodes`` nodes.  With :math:`\rho = 0` this is the single-level selection model
-with :math:`\tau^2 = \sigma^2_{\text{within}}`; without heterogeneity both coincide with the
-equal-effects selection model.  This is a proper likelihood of the selected data (not a composite
-one): selection acts on each reported effect, its normalising constant conditions on the study's
-true effect, and the study effect is integrated out exactly up to the Gauss–Hermite error.
+      p(y_j) = \frac{N_{\text{CS}}(y_j; \mu, \Sigma_j)\prod_i w(p_{ji})}
+                    {E_{u}\big[\prod_i A_{ji}(\mu + u, v_{ji} + \sigma^2_{\text{within}})\big]} .
+
+  For a study with one effect the normaliser is :math:`A(\mu, v + \tau^2)` in closed form (the
+  single-level model); for a study with several it is a one-dimensional expectation over
+  :math:`u \sim N(0, \sigma^2_{\text{study}})` of a smooth bounded function, taken by Gauss–Hermite
+  quadrature with ``gh_nodes`` nodes.  Each evaluation costs k + (effects in multi-effect studies)
+  x ``gh_nodes`` normal CDFs, so every model stays in the reach of quadrature.  With
+  :math:`\rho = 0` it is the single-level selection model with independent effects.  (The cheaper
+  product of univariate normalisers :math:`\prod_i A_{ji}(\mu, v_{ji} + \tau^2)` is not used: for
+  :math:`\rho \to 1` it over-counts the normaliser of a study with :math:`n_j` effects
+  :math:`n_j` times and the posterior becomes improper.)
+- ``conditional``: each effect is published independently given its study's true mean
+  :math:`\theta_j \sim N(\mu, \sigma^2_{\text{study}})`, with the weighted normal of
+  :mod:`.weightfunctions` around :math:`\theta_j` with variance :math:`s_{ji}^2 = v_{ji} + \sigma^2_{\text{within}}`:
+
+  .. math::
+
+      p(y_j) = \int N(\theta; \mu, \sigma^2_{\text{study}})
+          \prod_i \frac{w(p_{ji})\,\phi\big((y_{ji} - \theta)/s_{ji}\big)/s_{ji}}{A_{ji}(\theta)}\, d\theta
+        = \prod_i w(p_{ji}) \; N_{\text{CS}}(y_j) \; E\Big[\prod_i A_{ji}(\theta)^{-1}\Big],
+        \quad \theta \sim N(m_j, V_j),
+
+  with :math:`N(m_j, V_j)` the conditional posterior of :math:`\theta_j` without selection
+  (:math:`V_j = \sigma^2_{\text{study}}/(1 + \sigma^2_{\text{study}}S_{1j})`,
+  :math:`m_j = \mu + V_j S_{2j}`, :math:`S_{1j} = \sum_i 1/s_{ji}^2`, :math:`S_{2j} = \sum_i (y_{ji}-\mu)/s^2_{ji}`);
+  the expectation of the smooth, bounded :math:`\prod_i A^{-1}` is taken by Gauss–Hermite
+  quadrature with ``gh_nodes`` nodes.  A proper likelihood of the selected data (selection
+  conditional on the study's true effect), but each evaluation costs k x ``gh_nodes`` normal CDFs,
+  so these models go to MCMC and bridge sampling (about 3 minutes per model at k = 401).
+  Selection then does not change the distribution of the study's true effect, only which of its
+  effects are reported.
+
+Without heterogeneity all versions coincide with the equal-effects selection model.
 
 **Marginal likelihoods.**  Every model is integrated over its unconstrained parameters
 (:math:`\mu`, :math:`\log\tau`, :math:`\operatorname{logit}\rho`, the additive log-ratio coordinates
@@ -69,8 +92,9 @@ of the Dirichlet weights, :math:`\log\beta`), densities including their Jacobian
   at the nodes, and Gauss–Hermite in the conditional directions.  The error estimate is the
   largest change of :math:`\log p(y)` between this rule, a coarser one and the pass in the other
   ordering.
-- three-level selection models with heterogeneity (4-6 dimensions, each likelihood evaluation
-  costing k x gh_nodes normal CDFs): MCMC (nutpie, :mod:`alliancemeta.core.mcmc`, convergence
+- three-level selection models with heterogeneity under the ``conditional`` likelihood (4-6
+  dimensions, each evaluation costing k x gh_nodes normal CDFs), or any model with
+  ``method: mcmc``: MCMC (nutpie, :mod:`alliancemeta.core.mcmc`, r_hat, bulk ESS and divergences
   checked, one retry) and bridge sampling (:mod:`.bridge`) with its relative-MSE error.
 
 Posterior model probabilities :math:`P(M \mid y) \propto P(M)\,p(y \mid M)`; the inclusion Bayes
@@ -110,14 +134,14 @@ D_TO_Z = 0.5
 BIAS_KINDS = ("none", "selection", "pet", "peese")
 #: Quadrature is used up to this many unconstrained dimensions when the likelihood is cheap
 #: (everything single-level; three-level models without selection); beyond, MCMC + bridge sampling.
-MAX_QUADRATURE_DIM = 5
+MAX_QUADRATURE_DIM = 6
 #: Gauss–Hermite nodes per conditional dimension, by the number of conditional dimensions, and the
 #: coarser rule used for the error estimate.  The posterior on the rotated coordinates is close to
 #: standard normal, where n Gauss–Hermite nodes are exact for polynomials of degree 2n - 1.
-GH_INNER = {0: 1, 1: 32, 2: 16, 3: 8, 4: 5, 5: 4}
-GH_INNER_COARSE = {0: 1, 1: 24, 2: 12, 3: 6, 4: 4, 5: 3}
+GH_INNER = {0: 1, 1: 32, 2: 16, 3: 8, 4: 5, 5: 4, 6: 3}
+GH_INNER_COARSE = {0: 1, 1: 24, 2: 12, 3: 6, 4: 4, 5: 3, 6: 2}
 #: Composite Gauss–Legendre along the reported parameter: panels x nodes over [-R, R] standard units.
-GL_PANELS, GL_PANELS_COARSE, GL_NODES = 10, 8, 8
+GL_PANELS, GL_PANELS_COARSE, GL_NODES = 6, 5, 8
 GL_HALF_WIDTH = 9.0
 #: The marginal density at the ends of the Gauss–Legendre range must be this far (log units) below
 #: its maximum, else the range is widened (at most MAX_WIDEN times).
@@ -417,6 +441,43 @@ def three_level_selection_loglik(data: RobmaData, mu: np.ndarray, sigma2_study: 
     return out
 
 
+def three_level_joint_selection_loglik(data: RobmaData, mu: np.ndarray, sigma2_study: np.ndarray,
+                                       sigma2_within: np.ndarray, omega: np.ndarray, wf: WeightFunction,
+                                       gh_nodes: int) -> np.ndarray:
+    """Log-likelihood of the three-level selection model with joint (study-level) normalisation, shape (N,)."""
+    x, w = _gh(gh_nodes)
+    log_w = np.log(w)
+    cuts, index = wf.z_cuts()
+    obs = wf.interval_of(data.yi, data.sei)
+    sizes = np.diff(np.r_[data.starts, data.k])
+    multi_study = np.flatnonzero(sizes > 1)
+    in_multi = np.isin(data.codes, multi_study)
+    single = ~in_multi
+    m_starts = np.flatnonzero(np.r_[True, data.codes[in_multi][1:] != data.codes[in_multi][:-1]]) if in_multi.any() \
+        else np.zeros(0, dtype=int)
+    v_m, se_m = data.vi[in_multi], data.sei[in_multi]
+    v_s, se_s = data.vi[single], data.sei[single]
+    n = mu.size
+    out = np.empty(n)
+    step = max(1, 4_000_000 // (max(int(in_multi.sum()), 1) * gh_nodes * (cuts.size + 1)))
+    for s in range(0, n, step):
+        m0, ss, sw, om = mu[s : s + step], sigma2_study[s : s + step], sigma2_within[s : s + step], omega[s : s + step]
+        resid = data.yi[None, :] - m0[:, None]
+        ll = three_level_normal_loglik(data, resid, ss, sw) + np.log(om[:, obs]).sum(axis=1)
+        wr = om[:, None, index]
+        if single.any():
+            sd = np.sqrt(v_s[None, :] + (ss + sw)[:, None])
+            ll -= log_selection_normalizer(m0[:, None], sd, se_s[None, :], cuts, wr).sum(axis=1)
+        if in_multi.any():
+            centre = m0[:, None] + np.sqrt(ss)[:, None] * x[None, :]  # (n, Q)
+            sd = np.sqrt(v_m[None, :] + sw[:, None])[:, :, None]  # (n, km, 1)
+            log_a = log_selection_normalizer(centre[:, None, :], sd, se_m[None, :, None], cuts, wr[:, :, None, :])
+            S = _segment_sum(log_a, m_starts)  # (n, multi studies, Q)
+            ll -= special.logsumexp(log_w[None, None, :] + S, axis=2).sum(axis=1)
+        out[s : s + step] = ll
+    return out
+
+
 @dataclass(frozen=True)
 class RobmaModel:
     """A model of the ensemble bound to data: its log joint density on unconstrained coordinates."""
@@ -425,7 +486,8 @@ class RobmaModel:
     data: RobmaData
     priors: RobmaPriors
     layout: _Layout
-    gh_nodes: int = 16
+    gh_nodes: int = 12
+    selection_likelihood: str = "joint"
 
     @property
     def d(self) -> int:
@@ -433,8 +495,9 @@ class RobmaModel:
 
     @property
     def uses_mcmc(self) -> bool:
-        """Three-level selection models with heterogeneity (costly likelihood, 4-6 dimensions)."""
-        return self.data.three_level and self.spec.bias == "selection" and self.spec.heterogeneity
+        """Three-level selection models with heterogeneity under the conditional likelihood (costly, 4-6 dimensions)."""
+        return (self.data.three_level and self.spec.bias == "selection" and self.spec.heterogeneity
+                and self.selection_likelihood == "conditional")
 
     def constrained(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """mu, tau, rho, omega, b at unconstrained points ``X`` (N, d) (zeros / ones where absent)."""
@@ -486,8 +549,11 @@ class RobmaModel:
         if spec.bias == "selection":
             if D.three_level and spec.heterogeneity:
                 t2 = tau**2
-                return three_level_selection_loglik(D, mu, c["rho"] * t2, (1.0 - c["rho"]) * t2, c["omega"], spec.wf,
-                                                    self.gh_nodes)
+                if self.selection_likelihood == "conditional":
+                    return three_level_selection_loglik(D, mu, c["rho"] * t2, (1.0 - c["rho"]) * t2, c["omega"],
+                                                        spec.wf, self.gh_nodes)
+                return three_level_joint_selection_loglik(D, mu, c["rho"] * t2, (1.0 - c["rho"]) * t2, c["omega"],
+                                                          spec.wf, self.gh_nodes)
             return selection_loglik(D.yi, D.vi, mu, tau, c["omega"], spec.wf)
         shift = 0.0
         if spec.bias == "pet":
@@ -531,6 +597,19 @@ class RobmaModel:
             x[L.log_tau] = 0.5 * np.log(max(t2, 0.25 * float(np.median(D.vi))))
         return x
 
+    def starts(self) -> list[np.ndarray]:
+        """:meth:`start` and two variants with the bounded parameters' probit coordinates at -1 and +1."""
+        x = self.start()
+        L = self.layout
+        bounded = [i for i, n in enumerate(L.names) if n.startswith("probit")]
+        out = [x]
+        for value in (1.0, -1.0):
+            if bounded:
+                y = x.copy()
+                y[bounded] = value
+                out.append(y)
+        return out
+
     @property
     def _b_scale(self) -> float:
         """Scale of the PET/PEESE coordinate: the prior's scale parameter (b = scale at z = 0)."""
@@ -569,12 +648,8 @@ def _fd_grad_hess(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray, h: np.nd
     return f0, g, H
 
 
-def find_mode(f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, label: str):
-    r"""Mode and curvature of the log density ``f`` (vectorised): BFGS, then Newton refinement.
-
-    Returns ``(mode, cov)`` with ``cov`` the inverse of the negative Hessian at the mode.  Raises
-    :class:`RobmaError` when no finite mode with a negative-definite Hessian is found.
-    """
+def _refine_mode(f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray):
+    """BFGS from ``x0``, then damped Newton steps with a finite-difference Hessian; (mode, log f, cov) or None."""
     d = x0.size
 
     def neg(x):
@@ -583,22 +658,25 @@ def find_mode(f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, label: str)
 
     def grad(x):
         h = np.full(d, 1e-5)
-        pts = np.concatenate([x + np.diag(h), x - np.diag(h)])
-        v = f(pts)
+        v = f(np.concatenate([x + np.diag(h), x - np.diag(h)]))
+        if not np.all(np.isfinite(v)):
+            return np.zeros(d)
         return -(v[:d] - v[d:]) / (2 * h)
 
     res = optimize.minimize(neg, x0, jac=grad, method="BFGS", options={"gtol": 1e-7, "maxiter": 2000})
     x = res.x
     h = np.full(d, FD_STEP)
     cov = None
+    f0 = -res.fun
     for _ in range(30):
         f0, g, H = _fd_grad_hess(f, x, h)
+        if not (np.isfinite(f0) and np.all(np.isfinite(H))):
+            return None
         try:
             cov = np.linalg.inv(-H)
             np.linalg.cholesky(cov)
         except np.linalg.LinAlgError:
-            cov = None
-            break
+            return None
         step = cov @ g
         sd = np.sqrt(np.diag(cov))
         if np.all(np.abs(step) < 1e-9 * np.maximum(sd, 1e-12)):
@@ -610,11 +688,25 @@ def find_mode(f: Callable[[np.ndarray], np.ndarray], x0: np.ndarray, label: str)
             t /= 2
         x = x + t * step
         h = np.clip(0.05 * sd, 1e-6, FD_STEP * 10)
-    if cov is None or not np.all(np.isfinite(cov)):
+    return x, float(f0), cov
+
+
+def find_mode(f: Callable[[np.ndarray], np.ndarray], starts: Sequence[np.ndarray], label: str):
+    r"""Mode and curvature of the log density ``f`` (vectorised), the best over several starting points.
+
+    Returns ``(mode, cov)`` with ``cov`` the inverse of the negative Hessian at the mode.  Raises
+    :class:`RobmaError` when no finite mode with a negative-definite Hessian is found.
+    """
+    best = None
+    for x0 in starts:
+        out = _refine_mode(f, np.asarray(x0, dtype=float))
+        if out is not None and (best is None or out[1] > best[1]):
+            best = out
+    if best is None:
         raise RobmaError(f"{label}: the posterior mode could not be located (Hessian not negative definite); "
                          "the data may not identify this model — try a more informative prior or leave the "
                          "component out (bayes.robma.components)")
-    return x, cov
+    return best[0], best[2]
 
 
 @dataclass(frozen=True)
@@ -732,7 +824,7 @@ def quadrature(model: RobmaModel, targets: Sequence[str] = ("mu", "log_tau")) ->
     if d == 0:
         ll = float(model.log_likelihood(np.zeros((1, 0)))[0])
         return QuadratureResult(ll, 0.0, {}, 1)
-    mode, cov = find_mode(model.log_joint, model.start(), label)
+    mode, cov = find_mode(model.log_joint, model.starts(), label)
     names = model.layout.names
     present = [names.index(t) for t in targets if t in names] or [0]
     n_in, n_co = GH_INNER[d - 1], GH_INNER_COARSE[d - 1]
@@ -784,7 +876,31 @@ def build_pymc_model(model: RobmaModel):
             obs = wf.interval_of(D.yi, D.sei)
             w = omega[index]
             diff = w[:-1] - w[1:]
-            if three:
+            if three and model.selection_likelihood == "joint":
+                from alliancemeta.studies.bayes.models import _three_level_loglik
+
+                ss, sw = rho * tau**2, (1.0 - rho) * tau**2
+                cs = _three_level_loglik(y - mean, v, pt.constant(D.codes), D.n_studies, pt.sqrt(ss), pt.sqrt(sw))
+                sizes = np.diff(np.r_[D.starts, D.k])
+                multi = np.isin(D.codes, np.flatnonzero(sizes > 1))
+                ll = cs + pt.sum(pt.log(omega[obs]))
+                if (~multi).any():
+                    sd1 = pt.sqrt(v[~multi] + ss + sw)
+                    z1 = (se[~multi][:, None] * cuts[None, :] - mu) / sd1[:, None]
+                    A1 = w[-1] + pt.sum(diff * 0.5 * pt.erfc(-z1 / np.sqrt(2.0)), axis=1)
+                    ll = ll - pt.sum(pt.log(A1))
+                if multi.any():
+                    gx, gw = _gh(model.gh_nodes)
+                    codes_m = pd.factorize(D.codes[multi])[0]
+                    centre = mu + pt.sqrt(ss) * gx  # (Q,)
+                    sdm = pt.sqrt(v[multi] + sw)
+                    zm = (se[multi][:, None, None] * cuts[None, None, :] - centre[None, :, None]) / sdm[:, None, None]
+                    Am = w[-1] + pt.sum(diff * 0.5 * pt.erfc(-zm / np.sqrt(2.0)), axis=2)  # (km, Q)
+                    S = pt.inc_subtensor(pt.zeros((int(codes_m.max()) + 1, model.gh_nodes))[pt.constant(codes_m)],
+                                         pt.log(Am))
+                    ll = ll - pt.sum(pt.logsumexp(np.log(gw)[None, :] + S, axis=1))
+                pm.Potential("loglik", ll)
+            elif three:
                 idx = pt.constant(D.codes)
                 ss, sw = rho * tau**2, (1.0 - rho) * tau**2
                 d = v + sw
@@ -897,7 +1013,8 @@ class RobmaSettings:
     """Settings of a RoBMA run (config ``bayes.robma``; sampler keys as ``bayes``)."""
 
     priors: RobmaPriors = field(default_factory=RobmaPriors.default)
-    gh_nodes: int = 16
+    gh_nodes: int = 12
+    selection_likelihood: str = "joint"  # joint | conditional (three-level selection models)
     method: str = "auto"  # auto | quadrature | mcmc
     draws: int = 2000
     tune: int = 1000
@@ -906,9 +1023,12 @@ class RobmaSettings:
 
     @classmethod
     def from_config(cls, robma: Mapping) -> RobmaSettings:
-        keys = ("gh_nodes", "method", "draws", "tune", "chains", "target_accept")
+        keys = ("gh_nodes", "selection_likelihood", "method", "draws", "tune", "chains", "target_accept")
         kw = {k: robma[k] for k in keys if k in robma}
         out = cls(RobmaPriors.from_config(robma), **kw)
+        if out.selection_likelihood not in ("joint", "conditional"):
+            raise ValueError(f"bayes.robma.selection_likelihood: {out.selection_likelihood!r}; expected joint "
+                             "or conditional")
         if out.method not in ("auto", "quadrature", "mcmc"):
             raise ValueError(f"bayes.robma.method: {out.method!r}; expected auto, quadrature or mcmc")
         if not isinstance(out.gh_nodes, int) or out.gh_nodes < 4:
@@ -1019,7 +1139,8 @@ def fit_robma(yi, vi, cluster=None, settings: RobmaSettings | Mapping | None = N
     data = RobmaData.build(yi, vi, cluster)
     fits = []
     for spec in model_set(settings.priors):
-        model = RobmaModel(spec, data, settings.priors, _layout(spec, data.three_level), settings.gh_nodes)
+        model = RobmaModel(spec, data, settings.priors, _layout(spec, data.three_level), settings.gh_nodes,
+                           settings.selection_likelihood)
         fit = fit_model(model, settings, seed)
         if progress is not None:
             progress(f"{spec.name}: log p(y) = {fit.log_evidence:.6f} ± {fit.error:.1e} "
@@ -1192,7 +1313,7 @@ def _settings_as_config(s: RobmaSettings) -> dict:
     return {"prior_mu": P.mu.as_config(), "prior_tau": P.tau.as_config(), "prior_pet": P.pet.as_config(),
             "prior_peese": P.peese.as_config(), "prior_rho": {"alpha": P.rho[0], "beta": P.rho[1]},
             "weightfunctions": [w.as_config() for w in P.weightfunctions], "prior_prob": P.prob,
-            "components": list(P.components), "gh_nodes": s.gh_nodes, "method": s.method, "draws": s.draws,
+            "components": list(P.components), "gh_nodes": s.gh_nodes, "selection_likelihood": s.selection_likelihood, "method": s.method, "draws": s.draws,
             "tune": s.tune, "chains": s.chains, "target_accept": s.target_accept}
 
 

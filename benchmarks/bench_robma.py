@@ -1,0 +1,93 @@
+"""Benchmark: the 36-model RoBMA-PSMA ensemble on the bundled alliance data (401 effects, 295 studies).
+
+Prints a markdown table with one row per run: the single-level ensemble (target: < 3 minutes on
+the 2-core machine) and the three-level ensemble (effects nested in studies; target: < 10
+minutes), with the number of models by method (closed form / quadrature / bridge sampling), the
+largest reported log-evidence error, the worst r_hat and smallest bulk ESS where MCMC is used, the
+inclusion Bayes factors and the model-averaged r with its 95% interval.
+
+With ``ALLIANCEMETA_BENCH_R=1`` the script also reports whether R's RoBMA can be timed here: it
+needs JAGS and the CRAN package RoBMA, which are not installable from this machine's package
+sources, so the R column stays empty and the reason is printed (RoBMA's own documentation reports
+tens of minutes to hours for RoBMA-PSMA on data of this size, and the multilevel version longer).
+
+Run ``python benchmarks/bench_robma.py`` (``--single`` or ``--three`` for one of the two runs).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from alliancemeta.studies.bayes.robma import RobmaSettings, fit_robma, robma_summary
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data" / "raw" / "alliance_synthetic.csv"
+SEED = 20261121
+
+
+def load():
+    frame = pd.read_csv(DATA)
+    return np.arctanh(frame["r"].to_numpy(float)), 1.0 / (frame["n"].to_numpy(float) - 3.0), frame["study_id"].to_numpy()
+
+
+def run(label: str, cluster) -> dict:
+    yi, vi, study = load()
+    start = time.perf_counter()
+    fit = fit_robma(yi, vi, study if cluster else None, RobmaSettings(), seed=SEED)
+    seconds = time.perf_counter() - start
+    table = robma_summary(fit).set_index("model")
+    methods = pd.Series([m.method for m in fit.models]).value_counts().to_dict()
+    r_hat = [m.r_hat for m in fit.models if m.method == "bridge"]
+    ess = [m.ess_bulk for m in fit.models if m.method == "bridge"]
+    avg = table.loc["model_averaged"]
+    return {
+        "run": label, "k": fit.k, "studies": fit.n_studies, "models": len(fit.models), "seconds": seconds,
+        "methods": ", ".join(f"{k} {v}" for k, v in sorted(methods.items())),
+        "max_error": max(m.error for m in fit.models),
+        "r_hat": max(r_hat) if r_hat else float("nan"), "ess": min(ess) if ess else float("nan"),
+        "BF_effect": table.loc["inclusion:effect", "bf_inclusion"],
+        "BF_het": table.loc["inclusion:heterogeneity", "bf_inclusion"],
+        "BF_bias": table.loc["inclusion:bias", "bf_inclusion"],
+        "r": f"{avg['r_mean']:.3f} [{avg['r_eti_lb']:.3f}, {avg['r_eti_ub']:.3f}]",
+    }
+
+
+def r_status() -> str:
+    try:
+        out = subprocess.run(["Rscript", "-e", "cat(requireNamespace('RoBMA', quietly=TRUE))"], capture_output=True,
+                             text=True, timeout=60)
+        if out.stdout.strip() == "TRUE":
+            return "RoBMA is installed: time it with RoBMA(r=, n=, study_ids=) on the same data"
+    except (OSError, subprocess.TimeoutExpired):
+        return "Rscript not found"
+    return "R's RoBMA is not installed (it needs JAGS and CRAN packages absent from this machine's sources)"
+
+
+def main() -> None:
+    which = sys.argv[1:]
+    runs = []
+    if not which or "--single" in which:
+        runs.append(("single-level", False))
+    if not which or "--three" in which:
+        runs.append(("three-level", True))
+    print("| run | k | studies | models | time (s) | methods | max log-evidence error | max r_hat | min ESS "
+          "| BF effect | BF heterogeneity | BF bias | model-averaged r [95% CrI] |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    for label, cluster in runs:
+        row = run(label, cluster)
+        print(f"| {row['run']} | {row['k']} | {row['studies']} | {row['models']} | {row['seconds']:.1f} | "
+              f"{row['methods']} | {row['max_error']:.1e} | {row['r_hat']:.3f} | {row['ess']:.0f} | "
+              f"{row['BF_effect']:.3g} | {row['BF_het']:.3g} | {row['BF_bias']:.3g} | {row['r']} |", flush=True)
+    if os.environ.get("ALLIANCEMETA_BENCH_R") == "1":
+        print(f"\nR: {r_status()}")
+
+
+if __name__ == "__main__":
+    main()
