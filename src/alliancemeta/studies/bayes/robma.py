@@ -141,7 +141,7 @@ MAX_QUADRATURE_DIM = 6
 GH_INNER = {0: 1, 1: 32, 2: 16, 3: 8, 4: 5, 5: 4, 6: 3}
 GH_INNER_COARSE = {0: 1, 1: 24, 2: 12, 3: 6, 4: 4, 5: 3, 6: 2}
 #: Composite Gauss–Legendre along the reported parameter: panels x nodes over [-R, R] standard units.
-GL_PANELS, GL_PANELS_COARSE, GL_NODES = 6, 5, 8
+GL_PANELS, GL_PANELS_COARSE, GL_NODES = 8, 6, 8
 GL_HALF_WIDTH = 9.0
 #: The marginal density at the ends of the Gauss–Legendre range must be this far (log units) below
 #: its maximum, else the range is widened (at most MAX_WIDEN times).
@@ -733,7 +733,7 @@ class Marginal1D:
         nodes, log_dens = nodes[keep], log_dens[keep]
         spline = interpolate.CubicSpline(nodes, log_dens - log_dens.max())
         x = np.linspace(nodes[0], nodes[-1], FINE_GRID)
-        dens = np.exp(spline(x))
+        dens = np.exp(np.minimum(spline(x), 0.0))
         cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(x))])
         return cls(x, cdf / cdf[-1])
 
@@ -791,10 +791,14 @@ def _grid_pass(f, mode, cov, target: int, n_inner: int, panels: int, label: str)
         log_gw = np.zeros(1)
     half = GL_HALF_WIDTH
     for _ in range(MAX_WIDEN + 1):
-        edges = np.linspace(-half, half, panels + 1)
+        # Gauss–Legendre in s with z1 = sinh(s): near-uniform spacing close to the mode, geometric
+        # spacing in the tails, so that heavy (polynomial) tails of the marginal — e.g. mu when tau
+        # is weakly identified at small k — are covered by a few panels.
+        edges = np.linspace(-np.arcsinh(half), np.arcsinh(half), panels + 1)
         hw = 0.5 * np.diff(edges)
-        z1 = (edges[:-1, None] + hw[:, None] * (_GL_X[None, :] + 1.0)).ravel()
-        w1 = (hw[:, None] * _GL_W[None, :]).ravel()
+        s_nodes = (edges[:-1, None] + hw[:, None] * (_GL_X[None, :] + 1.0)).ravel()
+        z1 = np.sinh(s_nodes)
+        w1 = (hw[:, None] * _GL_W[None, :]).ravel() * np.cosh(s_nodes)
         Z = np.concatenate([np.repeat(z1, inner.shape[0])[:, None], np.tile(inner, (z1.size, 1))], axis=1)
         Xp = Z @ L.T
         X = np.empty_like(Xp)
@@ -807,7 +811,7 @@ def _grid_pass(f, mode, cov, target: int, n_inner: int, panels: int, label: str)
         top = np.nanmax(log_m)
         if log_m[0] < top - LOG_DROP_EDGE and log_m[-1] < top - LOG_DROP_EDGE:
             break
-        half *= 1.6
+        half *= 4.0
     else:
         raise RobmaError(f"{label}: the marginal posterior of {target=} does not decay within "
                          f"{half:.0f} posterior SDs of the mode; the posterior may be improper or multimodal")
