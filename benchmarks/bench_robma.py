@@ -34,7 +34,8 @@ SEED = 20261121
 
 def load():
     frame = pd.read_csv(DATA)
-    return np.arctanh(frame["r"].to_numpy(float)), 1.0 / (frame["n"].to_numpy(float) - 3.0), frame["study_id"].to_numpy()
+    yi = np.arctanh(frame["r"].to_numpy(float))
+    return yi, 1.0 / (frame["n"].to_numpy(float) - 3.0), frame["study_id"].to_numpy()
 
 
 def run(label: str, cluster) -> dict:

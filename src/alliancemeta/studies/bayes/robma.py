@@ -1317,7 +1317,8 @@ def _settings_as_config(s: RobmaSettings) -> dict:
     return {"prior_mu": P.mu.as_config(), "prior_tau": P.tau.as_config(), "prior_pet": P.pet.as_config(),
             "prior_peese": P.peese.as_config(), "prior_rho": {"alpha": P.rho[0], "beta": P.rho[1]},
             "weightfunctions": [w.as_config() for w in P.weightfunctions], "prior_prob": P.prob,
-            "components": list(P.components), "gh_nodes": s.gh_nodes, "selection_likelihood": s.selection_likelihood, "method": s.method, "draws": s.draws,
+            "components": list(P.components), "gh_nodes": s.gh_nodes,
+            "selection_likelihood": s.selection_likelihood, "method": s.method, "draws": s.draws,
             "tune": s.tune, "chains": s.chains, "target_accept": s.target_accept}
 
 
