@@ -1,15 +1,15 @@
 """Benchmark: the 36-model RoBMA-PSMA ensemble on the bundled alliance data (401 effects, 295 studies).
 
-Prints a markdown table with one row per run: the single-level ensemble (target: < 3 minutes on
-the 2-core machine) and the three-level ensemble (effects nested in studies; target: < 10
-minutes), with the number of models by method (closed form / quadrature / bridge sampling), the
-largest reported log-evidence error, the worst r_hat and smallest bulk ESS where MCMC is used, the
-inclusion Bayes factors and the model-averaged r with its 95% interval.
+Prints a markdown table with one row per run: the single-level ensemble (target: < 3 minutes on the
+2-core machine) and the three-level ensemble (effects nested in studies; target: < 10 minutes).
+Columns: wall-clock and CPU seconds (numpy runs single-threaded here, so on a shared, loaded machine
+the CPU time is what the run costs on an idle one), models by method (closed form / quadrature /
+bridge sampling), the largest reported log-evidence error, the worst r_hat and smallest bulk ESS
+where MCMC is used, the inclusion Bayes factors and the model-averaged r with its 95% interval.
 
 With ``ALLIANCEMETA_BENCH_R=1`` the script also reports whether R's RoBMA can be timed here: it
 needs JAGS and the CRAN package RoBMA, which are not installable from this machine's package
-sources, so the R column stays empty and the reason is printed (RoBMA's own documentation reports
-tens of minutes to hours for RoBMA-PSMA on data of this size, and the multilevel version longer).
+sources, so no R time is shown and the reason is printed instead.
 
 Run ``python benchmarks/bench_robma.py`` (``--single`` or ``--three`` for one of the two runs).
 """
@@ -40,16 +40,16 @@ def load():
 
 def run(label: str, cluster) -> dict:
     yi, vi, study = load()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fit = fit_robma(yi, vi, study if cluster else None, RobmaSettings(), seed=SEED)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     table = robma_summary(fit).set_index("model")
     methods = pd.Series([m.method for m in fit.models]).value_counts().to_dict()
     r_hat = [m.r_hat for m in fit.models if m.method == "bridge"]
     ess = [m.ess_bulk for m in fit.models if m.method == "bridge"]
     avg = table.loc["model_averaged"]
     return {
-        "run": label, "k": fit.k, "studies": fit.n_studies, "models": len(fit.models), "seconds": seconds,
+        "run": label, "k": fit.k, "studies": fit.n_studies, "models": len(fit.models), "seconds": seconds, "cpu": cpu,
         "methods": ", ".join(f"{k} {v}" for k, v in sorted(methods.items())),
         "max_error": max(m.error for m in fit.models),
         "r_hat": max(r_hat) if r_hat else float("nan"), "ess": min(ess) if ess else float("nan"),
@@ -78,12 +78,14 @@ def main() -> None:
         runs.append(("single-level", False))
     if not which or "--three" in which:
         runs.append(("three-level", True))
-    print("| run | k | studies | models | time (s) | methods | max log-evidence error | max r_hat | min ESS "
+    print(f"machine load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print("| run | k | studies | models | wall (s) | CPU (s) | methods | max log-evidence error | max r_hat | min ESS "
           "| BF effect | BF heterogeneity | BF bias | model-averaged r [95% CrI] |")
-    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for label, cluster in runs:
         row = run(label, cluster)
         print(f"| {row['run']} | {row['k']} | {row['studies']} | {row['models']} | {row['seconds']:.1f} | "
+              f"{row['cpu']:.1f} | "
               f"{row['methods']} | {row['max_error']:.1e} | {row['r_hat']:.3f} | {row['ess']:.0f} | "
               f"{row['BF_effect']:.3g} | {row['BF_het']:.3g} | {row['BF_bias']:.3g} | {row['r']} |", flush=True)
     if os.environ.get("ALLIANCEMETA_BENCH_R") == "1":

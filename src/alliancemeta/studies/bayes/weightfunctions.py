@@ -117,9 +117,16 @@ class WeightFunction:
         return cuts, index
 
     def region_of(self, yi, sei) -> np.ndarray:
-        """Region (0-based, as :meth:`z_cuts`) of each observed z-statistic."""
+        """Region (0-based, as :meth:`z_cuts`) of each observed z-statistic.
+
+        A p-value equal to a step belongs to the interval below it (p <= s, as metafor's ``selmodel``):
+        one-sided, :math:`z = c` lies above the cut; two-sided, :math:`|z| = a` lies outside.
+        """
         cuts, _ = self.z_cuts()
-        return np.searchsorted(cuts, np.asarray(yi, dtype=float) / np.asarray(sei, dtype=float), side="left")
+        z = np.asarray(yi, dtype=float) / np.asarray(sei, dtype=float)
+        if self.side == "one.sided":
+            return np.searchsorted(cuts, z, side="right")
+        return np.searchsorted(cuts, z, side="left") + np.isin(z, cuts[cuts > 0])
 
     def interval_of(self, yi, sei) -> np.ndarray:
         """p-value interval (0-based weight index) of each observed effect."""
