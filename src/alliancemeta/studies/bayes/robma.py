@@ -821,6 +821,151 @@ def _grid_pass(f, mode, cov, target: int, n_inner: int, panels: int, label: str)
     return log_ev, values, log_dens, int(X.shape[0])
 
 
+#: Gauss–Legendre nodes per weight coordinate (panels, nodes per panel) by the number of weight
+#: coordinates (J - 1), for the fine rule and the coarse rule of the error estimate.
+OMEGA_GL = {1: (3, 8), 2: (3, 6), 3: (2, 6)}
+OMEGA_GL_COARSE = {1: (2, 8), 2: (2, 6), 3: (2, 5)}
+#: A weight coordinate's range keeps every ratio whose conditional log density is within this of the maximum.
+OMEGA_LOG_DROP = 40.0
+#: Error estimate above which the rotated rule is tried as well for a selection model (the smaller error wins).
+STRUCTURED_OK = 1e-6
+#: Outer parameter points per block of the structured evaluation (bounds memory to points x nodes x k).
+STRUCT_CHUNK_CELLS = 3_000_000
+
+
+def _omega_ranges(model: RobmaModel, mode: np.ndarray) -> list[tuple[float, float]]:
+    """Box in the ratio coordinates r = Phi(x) holding the posterior of the weights (profile scan at the mode)."""
+    L = model.layout
+    idx = list(range(L.u.start, L.u.stop))
+    grid = np.concatenate([np.geomspace(1e-12, 1e-3, 40), np.linspace(1e-3, 1 - 1e-3, 400),
+                           1 - np.geomspace(1e-3, 1e-12, 40)])
+    out = []
+
+    def scan(j, r):
+        X = np.tile(mode, (r.size, 1))
+        x = special.ndtri(r)
+        X[:, j] = x
+        return model.log_joint(X) + 0.5 * x**2  # log density in r (divide by phi(x))
+
+    def extent(r, lf):
+        keep = np.flatnonzero(lf > np.max(lf) - OMEGA_LOG_DROP)
+        lo = 0.0 if keep[0] == 0 else r[keep[0] - 1]
+        hi = 1.0 if keep[-1] == r.size - 1 else r[keep[-1] + 1]
+        return lo, hi
+
+    for j in idx:
+        lo, hi = extent(grid, scan(j, grid))
+        # refine on a fine grid inside the coarse range (a narrow posterior can fall between coarse points)
+        fine = np.linspace(max(lo, 1e-15), min(hi, 1 - 1e-15), 801)
+        lo2, hi2 = extent(fine, scan(j, fine))
+        lo = 0.0 if lo == 0.0 and lo2 <= fine[0] else lo2
+        hi = 1.0 if hi == 1.0 and hi2 >= fine[-1] else hi2
+        pad = 0.15 * (hi - lo)
+        out.append((max(lo - pad, 0.0), min(hi + pad, 1.0)))
+    return out
+
+
+def _omega_nodes(ranges, rule) -> tuple[np.ndarray, np.ndarray]:
+    r"""Tensor Gauss–Legendre nodes in r over ``ranges``, returned as probit coordinates x and log weights in x.
+
+    The weight of a node is the Gauss–Legendre weight in r divided by :math:`\phi(x)` (d r = phi(x) d x), so
+    that :math:`\sum_m e^{\log w_m + \ell(x_m)}` integrates a log density :math:`\ell` given on x.
+    """
+    panels, per = rule
+    gx, gw = np.polynomial.legendre.leggauss(per)
+    axes_x, axes_lw = [], []
+    for lo, hi in ranges:
+        edges = np.linspace(lo, hi, panels + 1)
+        hw = 0.5 * np.diff(edges)
+        r = (edges[:-1, None] + hw[:, None] * (gx[None, :] + 1.0)).ravel()
+        w = (hw[:, None] * gw[None, :]).ravel()
+        x = special.ndtri(r)
+        axes_x.append(x)
+        axes_lw.append(np.log(w) + 0.5 * x**2 + 0.5 * LOG_2PI)
+    X = np.stack(np.meshgrid(*axes_x, indexing="ij"), -1).reshape(-1, len(ranges))
+    LW = np.sum(np.stack(np.meshgrid(*axes_lw, indexing="ij"), -1).reshape(-1, len(ranges)), axis=1)
+    return X, LW
+
+
+def _selection_block(model: RobmaModel, omega_x: np.ndarray, omega_lw: np.ndarray):
+    r"""log of the integral over the weights (fixed nodes) of the joint density, as a function of the other coordinates.
+
+    Single-level (and equal-effects) selection models: given (mu, tau) the normalisers are
+    :math:`A_i = w_R + \sum_c (w_c - w_{c+1})\Phi(z_{ic})`, linear in the weights, so the normal CDFs are
+    computed once per outer point and combined with every weight node by a matrix product.
+    """
+    L, D, wf = model.layout, model.data, model.spec.wf
+    outer = [i for i in range(L.d) if not (L.u.start <= i < L.u.stop)]
+    cuts, index = wf.z_cuts()
+    obs = wf.interval_of(D.yi, D.sei)
+    omega = WeightFunction.omega_from_x(omega_x)  # (M, J)
+    W = omega[:, index]  # (M, R)
+    dW = W[:, :-1] - W[:, 1:]  # (M, C)
+    counts = np.bincount(obs, minlength=wf.J)
+    fixed_m = np.log(omega) @ counts + wf.log_prior_x(omega_x) + omega_lw  # (M,)
+    M = omega_x.shape[0]
+
+    def g(Xo: np.ndarray) -> np.ndarray:
+        Xo = np.atleast_2d(Xo)
+        n = Xo.shape[0]
+        full = np.zeros((n, L.d))
+        full[:, outer] = Xo
+        full[:, L.u] = 0.0
+        c = model.constrained(full)
+        mu, tau = c["mu"], c["tau"]
+        # outer prior (the weights' prior is in fixed_m): log_prior at u = 0 minus the weights' part there
+        lp = model.log_prior(full) - wf.log_prior_x(np.zeros((1, wf.J - 1)))[0]
+        out = np.full(n, -np.inf)
+        step = max(1, STRUCT_CHUNK_CELLS // (M * D.k))
+        for s in range(0, n, step):
+            sl = slice(s, s + step)
+            sd = np.sqrt(D.vi[None, :] + tau[sl, None] ** 2)  # (b, k)
+            resid = (D.yi[None, :] - mu[sl, None]) / sd
+            normal = np.sum(-0.5 * resid**2 - np.log(sd), axis=1) - 0.5 * D.k * LOG_2PI
+            z = (D.sei[None, :, None] * cuts[None, None, :] - mu[sl, None, None]) / sd[:, :, None]
+            A = W[None, None, :, -1] + np.einsum("bkc,mc->bkm", special.ndtr(z), dW)  # (b, k, M)
+            total = normal[:, None] - np.log(A).sum(axis=1) + fixed_m[None, :]
+            out[sl] = lp[sl] + special.logsumexp(total, axis=1)
+        return out
+
+    return g, outer
+
+
+def _quadrature_structured(model: RobmaModel, targets: Sequence[str], label: str) -> QuadratureResult:
+    """Selection models with cheap normalisers: Gauss–Legendre over the weights, adaptive quadrature over the rest."""
+    mode, cov = find_mode(model.log_joint, model.starts(), label)
+    names = model.layout.names
+    ranges = _omega_ranges(model, mode)
+    n_w = model.spec.wf.J - 1
+    results = []
+    for rule, fine in ((OMEGA_GL[n_w], True), (OMEGA_GL_COARSE[n_w], False)):
+        ox, olw = _omega_nodes(ranges, rule)
+        g, outer = _selection_block(model, ox, olw)
+        d_o = len(outer)
+        if d_o == 0:
+            results.append((float(g(np.zeros((1, 0)))[0]), {}, ox.shape[0]))
+            continue
+        m_o, c_o = mode[outer], cov[np.ix_(outer, outer)]
+        onames = [names[i] for i in outer]
+        present = [onames.index(t) for t in targets if t in onames] or [0]
+        n_in = GH_INNER[d_o - 1] if fine else GH_INNER_COARSE[d_o - 1]
+        panels = GL_PANELS if fine else GL_PANELS_COARSE
+        marg, evs, npts = {}, [], 0
+        for t in (present if fine else present[:1]):
+            log_ev, vals, log_dens, n = _grid_pass(g, m_o, c_o, t, n_in, panels, label)
+            evs.append(log_ev)
+            npts += n * ox.shape[0]
+            if onames[t] in targets:
+                marg[onames[t]] = Marginal1D.from_log_density(vals, log_dens)
+        results.append((evs, marg, npts))
+    fine_res, coarse_res = results
+    if isinstance(fine_res[0], float):
+        return QuadratureResult(fine_res[0], abs(fine_res[0] - coarse_res[0]), {}, fine_res[2] + coarse_res[2])
+    evs = fine_res[0]
+    err = max([abs(e - evs[0]) for e in evs[1:]] + [abs(coarse_res[0][0] - evs[0])])
+    return QuadratureResult(evs[0], float(err), fine_res[1], fine_res[2] + coarse_res[2])
+
+
 def quadrature(model: RobmaModel, targets: Sequence[str] = ("mu", "log_tau")) -> QuadratureResult:
     """Log marginal likelihood and marginal posteriors of mu and tau by adaptive quadrature (module docstring)."""
     label = f"RoBMA model {model.spec.name}"
@@ -828,6 +973,21 @@ def quadrature(model: RobmaModel, targets: Sequence[str] = ("mu", "log_tau")) ->
     if d == 0:
         ll = float(model.log_likelihood(np.zeros((1, 0)))[0])
         return QuadratureResult(ll, 0.0, {}, 1)
+    if model.spec.bias == "selection" and not (model.data.three_level and model.spec.heterogeneity):
+        res = _quadrature_structured(model, targets, label)
+        if res.error > STRUCTURED_OK:
+            # a well-identified interior posterior (e.g. strong selection without effect) is better served by
+            # the rotated Gauss–Hermite rule; keep whichever reports the smaller error
+            alt = _quadrature_rotated(model, targets, label)
+            if alt.error < res.error:
+                return alt
+        return res
+    return _quadrature_rotated(model, targets, label)
+
+
+def _quadrature_rotated(model: RobmaModel, targets: Sequence[str], label: str) -> QuadratureResult:
+    """Rotated adaptive rule over all unconstrained coordinates (see module docstring)."""
+    d = model.d
     mode, cov = find_mode(model.log_joint, model.starts(), label)
     names = model.layout.names
     present = [names.index(t) for t in targets if t in names] or [0]
