@@ -84,6 +84,17 @@ Without heterogeneity all versions coincide with the equal-effects selection mod
 of the Dirichlet weights, :math:`\log\beta`), densities including their Jacobians:
 
 - no parameters (no effect, no heterogeneity, no bias): closed form;
+- selection models whose normalisers are cheap (single-level, and all equal-effects ones): the
+  weights are integrated by tensor Gauss–Legendre in the ratio coordinates
+  :math:`r_j = \omega_{j+1}/\omega_j \in (0, 1)` over a box found by profile scans (a posterior
+  piled against :math:`\omega = 1`, i.e. little selection, is a smooth density with mass at the end of
+  an interval there, which Gauss–Legendre integrates exactly where any Gaussian-based rule
+  converges slowly); given :math:`(\mu, \tau)` the normal CDFs of every effect are computed once and
+  combined with all weight nodes by one matrix product, since :math:`A_i` is linear in the weights.
+  The remaining :math:`(\mu, \log\tau)` integral uses the adaptive rule below.  When this rule's
+  error estimate exceeds :data:`STRUCTURED_OK` the rotated rule over all coordinates is run as
+  well and the result with the smaller error estimate is kept (sharply identified interior
+  posteriors, e.g. strong apparent selection in a no-effect model);
 - up to :data:`MAX_QUADRATURE_DIM` dimensions and cheap likelihood: adaptive Gauss quadrature —
   the grid is centred at the posterior mode and rotated/scaled by the Cholesky factor of the inverse
   Hessian (Naylor & Smith 1982, *Appl Stat* 31, 214-225; Liu & Pierce 1994, *Biometrika* 81,
