@@ -74,21 +74,28 @@ def robma_figure(fit, title: str = "", synthetic: bool = False):
             ax.text(np.log10(b), yi, f" {b:.3g}", va="center", ha="left" if b >= 1 else "right", fontsize=6)
 
         ax = axes[2]
-        x = np.linspace(-0.2, 0.6, 1601)
+        x = np.linspace(-0.99, 0.99, 7921)
         specs = [m.spec for m in fit.models]
         sets = {
             "model-averaged (bias-adjusted)": np.ones(len(specs), dtype=bool),
             "unadjusted (no-bias models)": np.array([s.bias == "none" for s in specs]),
             "conditional (effect models)": np.array([s.effect for s in specs]),
         }
-        for (label, mask), style in zip(sets.items(), ("-", "--", ":"), strict=True):
-            cdf = _mixture_cdf(fit, mask, x)
+        curves = {label: _mixture_cdf(fit, mask, x) for label, mask in sets.items()}
+        live = np.zeros(x.size, dtype=bool)
+        for cdf in curves.values():
+            if cdf is not None:
+                live |= (cdf > 0.001) & (cdf < 0.999)
+        span = x[live] if live.any() else x
+        pad = 0.1 * (span[-1] - span[0] + 0.02)
+        for (label, cdf), style in zip(curves.items(), ("-", "--", ":"), strict=True):
             if cdf is not None:
                 ax.plot(x, cdf, ls=style, color="0.1", lw=1.0, label=label)
+        ax.set_xlim(max(span[0] - pad, -1.0), min(span[-1] + pad, 1.0))
         ax.set_xlabel("correlation r")
         ax.set_ylabel("posterior CDF")
         ax.set_ylim(0, 1)
-        ax.legend(loc="upper left")
+        ax.legend(loc="lower right")
         ax.set_title("Posterior of r")
         head = title + (" (SYNTHETIC data)" if synthetic else "")
         if head:
