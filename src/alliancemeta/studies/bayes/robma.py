@@ -102,7 +102,8 @@ of the Dirichlet weights, :math:`\log\beta`), densities including their Jacobian
   (:math:`\mu`, or :math:`\log\tau` in a second pass), which yields its marginal posterior density
   at the nodes, and Gauss–Hermite in the conditional directions.  The error estimate is the
   largest change of :math:`\log p(y)` between this rule, a coarser one and the pass in the other
-  ordering.
+  ordering, and a pass on a grid widened by :data:`INFLATE` (so that mass in tails wider than the
+  Laplace approximation shows up in the error instead of being missed silently).
 - three-level selection models with heterogeneity under the ``conditional`` likelihood (4-6
   dimensions, each evaluation costing k x gh_nodes normal CDFs), or any model with
   ``method: mcmc``: MCMC (nutpie, :mod:`alliancemeta.core.mcmc`, r_hat, bulk ESS and divergences
@@ -160,6 +161,8 @@ LOG_DROP_EDGE = 25.0
 MAX_WIDEN = 3
 #: Points evaluated together (bounds memory).
 EVAL_CHUNK = 2048
+#: Scale factor of the widened grid whose estimate enters the error of the rotated rule.
+INFLATE = 1.5
 #: Fine grid (points) on which the marginal posteriors of mu and tau are mixed and integrated.
 FINE_GRID = 8001
 #: Finite-difference step (unconstrained units, relative to the posterior SD once known) for the Hessian.
@@ -1015,6 +1018,11 @@ def _quadrature_rotated(model: RobmaModel, targets: Sequence[str], label: str) -
     coarse, _, _, n = _grid_pass(model.log_joint, mode, cov, present[0], n_co, GL_PANELS_COARSE, label)
     n_pts += n
     estimates.append(coarse)
+    # the same rule on a grid widened by INFLATE: posterior mass in tails wider than the Laplace
+    # approximation (weights piled against a boundary) moves this estimate, so the error reflects it
+    wide, _, _, n = _grid_pass(model.log_joint, mode, cov * INFLATE**2, present[0], n_in, GL_PANELS, label)
+    n_pts += n
+    estimates.append(wide)
     err = float(max(abs(e - log_ev0) for e in estimates))
     return QuadratureResult(log_ev0, err, marginals, n_pts)
 
