@@ -422,3 +422,15 @@ def test_data_sorted_by_cluster_keeps_order_map():
     np.testing.assert_array_equal(data.yi, yi[data.order])
     assert list(data.starts) == [0, 2]
     assert pd.Series(data.codes).is_monotonic_increasing
+
+
+@pytest.mark.slow
+def test_prior_sensitivity_covers_bias_priors():
+    yi, vi, _ = small_data(k=6, seed=8)
+    base = R.RobmaSettings.from_config({"components": ["pet"]})
+    alt = {"PET Cauchy+(5)": {"prior_pet": {"dist": "halfcauchy", "beta": 5.0}}}
+    table = R.prior_sensitivity_robma(yi, vi, settings=base, alternatives=alt)
+    assert list(table["prior"]) == ["default", "PET Cauchy+(5)"]
+    assert np.all(np.isfinite(table[["BF_effect", "BF_heterogeneity", "BF_bias", "mu_mean"]].to_numpy()))
+    # a wider PET prior spreads the prior mass: the bias Bayes factor changes
+    assert table["BF_bias"].iloc[0] != pytest.approx(table["BF_bias"].iloc[1], rel=1e-3)
