@@ -163,6 +163,8 @@ MAX_WIDEN = 3
 EVAL_CHUNK = 2048
 #: Scale factor of the widened grid whose estimate enters the error of the rotated rule.
 INFLATE = 1.5
+#: Points per gap between consecutive quadrature nodes of the CDF grid of a marginal posterior.
+FINE_PER_NODE = 64
 #: Fine grid (points) on which the marginal posteriors of mu and tau are mixed and integrated.
 FINE_GRID = 8001
 #: Finite-difference step (unconstrained units, relative to the posterior SD once known) for the Hessian.
@@ -731,6 +733,8 @@ class Marginal1D:
     cdf: np.ndarray | None
     atom: float | None = None
     draws: np.ndarray | None = None
+    node_x: np.ndarray | None = None
+    node_mass: np.ndarray | None = None
 
     @classmethod
     def point(cls, value: float) -> Marginal1D:
@@ -741,15 +745,22 @@ class Marginal1D:
         return cls(None, None, None, np.sort(np.asarray(draws, dtype=float).ravel()))
 
     @classmethod
-    def from_log_density(cls, nodes: np.ndarray, log_dens: np.ndarray) -> Marginal1D:
-        """From the log density at quadrature nodes: a cubic spline on the log density, a fine grid, trapezoid CDF."""
-        keep = np.isfinite(log_dens)
-        nodes, log_dens = nodes[keep], log_dens[keep]
+    def from_log_density(cls, nodes: np.ndarray, log_dens: np.ndarray, log_mass: np.ndarray) -> Marginal1D:
+        """From quadrature nodes: the log density there and each node's normalised quadrature mass.
+
+        Expectations are the quadrature sums over the nodes (exact to the rule's accuracy); the CDF for
+        quantiles integrates a cubic spline of the log density by the trapezoid rule on a grid refined
+        between consecutive nodes (dense where the nodes are, i.e. near the mode; sparse in far tails).
+        """
+        keep = np.isfinite(log_dens) & np.isfinite(log_mass)
+        nodes, log_dens, log_mass = nodes[keep], log_dens[keep], log_mass[keep]
         spline = interpolate.CubicSpline(nodes, log_dens - log_dens.max())
-        x = np.linspace(nodes[0], nodes[-1], FINE_GRID)
+        t = np.linspace(0.0, 1.0, FINE_PER_NODE, endpoint=False)
+        x = np.concatenate([(nodes[:-1, None] + np.diff(nodes)[:, None] * t[None, :]).ravel(), nodes[-1:]])
         dens = np.exp(np.minimum(spline(x), 0.0))
         cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(x))])
-        return cls(x, cdf / cdf[-1])
+        mass = np.exp(log_mass - special.logsumexp(log_mass))
+        return cls(x, cdf / cdf[-1], node_x=nodes, node_mass=mass)
 
     def cdf_at(self, xs: np.ndarray) -> np.ndarray:
         xs = np.asarray(xs, dtype=float)
@@ -771,6 +782,8 @@ class Marginal1D:
             return float(fn(np.array([self.atom]))[0])
         if self.draws is not None:
             return float(np.mean(fn(self.draws)))
+        if self.node_x is not None:
+            return float(np.dot(self.node_mass, fn(self.node_x)))
         mid = 0.5 * (self.x[1:] + self.x[:-1])
         return float(np.sum(fn(mid) * np.diff(self.cdf)))
 
@@ -832,7 +845,8 @@ def _grid_pass(f, mode, cov, target: int, n_inner: int, panels: int, label: str)
     log_ev = float(special.logsumexp(log_m + np.log(w1)))
     values = mode[target] + L[0, 0] * z1
     log_dens = log_m - np.log(L[0, 0]) - log_ev
-    return log_ev, values, log_dens, int(X.shape[0])
+    log_mass = log_m + np.log(w1) - log_ev
+    return log_ev, values, log_dens, log_mass, int(X.shape[0])
 
 
 #: Gauss–Legendre nodes per weight coordinate (panels, nodes per panel) by the number of weight
@@ -966,11 +980,11 @@ def _quadrature_structured(model: RobmaModel, targets: Sequence[str], label: str
         panels = GL_PANELS if fine else GL_PANELS_COARSE
         marg, evs, npts = {}, [], 0
         for t in (present if fine else present[:1]):
-            log_ev, vals, log_dens, n = _grid_pass(g, m_o, c_o, t, n_in, panels, label)
+            log_ev, vals, log_dens, log_mass, n = _grid_pass(g, m_o, c_o, t, n_in, panels, label)
             evs.append(log_ev)
             npts += n * ox.shape[0]
             if onames[t] in targets:
-                marg[onames[t]] = Marginal1D.from_log_density(vals, log_dens)
+                marg[onames[t]] = Marginal1D.from_log_density(vals, log_dens, log_mass)
         results.append((evs, marg, npts))
     fine_res, coarse_res = results
     if isinstance(fine_res[0], float):
@@ -1008,19 +1022,19 @@ def _quadrature_rotated(model: RobmaModel, targets: Sequence[str], label: str) -
     n_in, n_co = GH_INNER[d - 1], GH_INNER_COARSE[d - 1]
     estimates, marginals, n_pts = [], {}, 0
     for j, t in enumerate(present):
-        log_ev, vals, log_dens, n = _grid_pass(model.log_joint, mode, cov, t, n_in, GL_PANELS, label)
+        log_ev, vals, log_dens, log_mass, n = _grid_pass(model.log_joint, mode, cov, t, n_in, GL_PANELS, label)
         n_pts += n
         estimates.append(log_ev)
         if j == 0:
             log_ev0 = log_ev
         if names[t] in targets:
-            marginals[names[t]] = Marginal1D.from_log_density(vals, log_dens)
-    coarse, _, _, n = _grid_pass(model.log_joint, mode, cov, present[0], n_co, GL_PANELS_COARSE, label)
+            marginals[names[t]] = Marginal1D.from_log_density(vals, log_dens, log_mass)
+    coarse, _, _, _, n = _grid_pass(model.log_joint, mode, cov, present[0], n_co, GL_PANELS_COARSE, label)
     n_pts += n
     estimates.append(coarse)
     # the same rule on a grid widened by INFLATE: posterior mass in tails wider than the Laplace
     # approximation (weights piled against a boundary) moves this estimate, so the error reflects it
-    wide, _, _, n = _grid_pass(model.log_joint, mode, cov * INFLATE**2, present[0], n_in, GL_PANELS, label)
+    wide, _, _, _, n = _grid_pass(model.log_joint, mode, cov * INFLATE**2, present[0], n_in, GL_PANELS, label)
     n_pts += n
     estimates.append(wide)
     err = float(max(abs(e - log_ev0) for e in estimates))
@@ -1359,7 +1373,9 @@ class _Mixture:
         lo = lo if np.isfinite(lo) else min(finite_lo, default=0.0)
         if hi <= lo:
             hi = lo + 1e-9
-        grid = np.linspace(lo, hi, 4 * FINE_GRID)
+        # the union of the parts' own grids (dense where each part has its mass) and a uniform grid
+        own = [p.x for p in self.parts if p.x is not None] + [p.draws for p in self.parts if p.draws is not None]
+        grid = np.concatenate([np.linspace(lo, hi, FINE_GRID), *own])
         atoms = sorted({p.atom for p in self.parts if p.atom is not None and np.isfinite(p.atom)})
         self.grid = np.unique(np.concatenate([grid, atoms, np.nextafter(np.array(atoms, dtype=float), -np.inf)]))
         self.cdf = np.zeros_like(self.grid)
