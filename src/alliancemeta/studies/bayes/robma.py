@@ -91,7 +91,9 @@ of the Dirichlet weights, :math:`\log\beta`), densities including their Jacobian
   an interval there, which Gauss–Legendre integrates exactly where any Gaussian-based rule
   converges slowly); given :math:`(\mu, \tau)` the normal CDFs of every effect are computed once and
   combined with all weight nodes by one matrix product, since :math:`A_i` is linear in the weights.
-  The remaining :math:`(\mu, \log\tau)` integral uses the adaptive rule below.  When this rule's
+  The remaining :math:`(\mu, \log\tau)` integral uses the adaptive rule below.  PET and PEESE
+  models treat their coefficient the same way (Gauss–Legendre in :math:`b/(s + b)`, which has
+  posterior mass at 0 when there is little small-study effect).  When this rule's
   error estimate exceeds :data:`STRUCTURED_OK` the rotated rule over all coordinates is run as
   well and the result with the smaller error estimate is kept (sharply identified interior
   posteriors, e.g. strong apparent selection in a no-effect model);
@@ -861,10 +863,15 @@ STRUCTURED_OK = 1e-6
 STRUCT_CHUNK_CELLS = 3_000_000
 
 
-def _omega_ranges(model: RobmaModel, mode: np.ndarray) -> list[tuple[float, float]]:
-    """Box in the ratio coordinates r = Phi(x) holding the posterior of the weights (profile scan at the mode)."""
+def _inner_index(model: RobmaModel) -> list[int]:
+    """Coordinates integrated by Gauss–Legendre in r = Phi(x): the weights, or the PET/PEESE coefficient."""
     L = model.layout
-    idx = list(range(L.u.start, L.u.stop))
+    return list(range(L.u.start, L.u.stop)) if L.u is not None else [L.log_b]
+
+
+def _omega_ranges(model: RobmaModel, mode: np.ndarray) -> list[tuple[float, float]]:
+    """Box in the coordinates r = Phi(x) (weight ratios; b/(s + b) for PET/PEESE) holding the posterior."""
+    idx = _inner_index(model)
     grid = np.concatenate([np.geomspace(1e-12, 1e-3, 40), np.linspace(1e-3, 1 - 1e-3, 400),
                            1 - np.geomspace(1e-3, 1e-12, 40)])
     out = []
@@ -959,16 +966,36 @@ def _selection_block(model: RobmaModel, omega_x: np.ndarray, omega_lw: np.ndarra
     return g, outer
 
 
+def _generic_block(model: RobmaModel, x_nodes: np.ndarray, lw: np.ndarray):
+    """log of the Gauss–Legendre integral over the inner coordinates of the joint density (any model)."""
+    inner = _inner_index(model)
+    outer = [i for i in range(model.d) if i not in inner]
+    M = x_nodes.shape[0]
+
+    def g(Xo: np.ndarray) -> np.ndarray:
+        Xo = np.atleast_2d(Xo)
+        n = Xo.shape[0]
+        full = np.zeros((n * M, model.d))
+        full[:, outer] = np.repeat(Xo, M, axis=0)
+        full[:, inner] = np.tile(x_nodes, (n, 1))
+        return special.logsumexp(model.log_joint(full).reshape(n, M) + lw[None, :], axis=1)
+
+    return g, outer
+
+
 def _quadrature_structured(model: RobmaModel, targets: Sequence[str], label: str) -> QuadratureResult:
     """Selection models with cheap normalisers: Gauss–Legendre over the weights, adaptive quadrature over the rest."""
     mode, cov = find_mode(model.log_joint, model.starts(), label)
     names = model.layout.names
     ranges = _omega_ranges(model, mode)
-    n_w = model.spec.wf.J - 1
+    n_w = len(ranges)
     results = []
     for rule, fine in ((OMEGA_GL[n_w], True), (OMEGA_GL_COARSE[n_w], False)):
         ox, olw = _omega_nodes(ranges, rule)
-        g, outer = _selection_block(model, ox, olw)
+        if model.spec.bias == "selection":
+            g, outer = _selection_block(model, ox, olw)
+        else:
+            g, outer = _generic_block(model, ox, olw)
         d_o = len(outer)
         if d_o == 0:
             results.append((float(g(np.zeros((1, 0)))[0]), {}, ox.shape[0]))
@@ -1001,7 +1028,9 @@ def quadrature(model: RobmaModel, targets: Sequence[str] = ("mu", "log_tau")) ->
     if d == 0:
         ll = float(model.log_likelihood(np.zeros((1, 0)))[0])
         return QuadratureResult(ll, 0.0, {}, 1)
-    if model.spec.bias == "selection" and not (model.data.three_level and model.spec.heterogeneity):
+    structured = (model.spec.bias == "selection" and not (model.data.three_level and model.spec.heterogeneity)) \
+        or model.spec.bias in ("pet", "peese")
+    if structured:
         res = _quadrature_structured(model, targets, label)
         if res.error > STRUCTURED_OK:
             # a well-identified interior posterior (e.g. strong selection without effect) is better served by
