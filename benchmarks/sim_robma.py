@@ -81,7 +81,8 @@ def main() -> None:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for _, r in summ.iterrows():
-        lines.append(f"| {r['omega']:g} | {int(r['reps'])} | {r['mean_log10_BF_bias']:.2f} | {r['median_BF_bias']:.3g} | "
+        lines.append(f"| {r['omega']:g} | {int(r['reps'])} | {r['mean_log10_BF_bias']:.2f} | "
+                     f"{r['median_BF_bias']:.3g} | "
                      f"{r['share_BF_bias_gt_1']:.2f} | {r['mean_mu_adjusted']:.4f} | {r['mean_mu_unadjusted']:.4f} | "
                      f"{r['mae_adjusted']:.4f} | {r['mae_unadjusted']:.4f} |")
     lines.append("")
