@@ -9,7 +9,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: run test lint bench verify simulate clean-results help
+.PHONY: run test lint bench verify simulate robma-sensitivity clean-results help
 
 help:
 	@echo "make run    - install pinned dependencies into .venv and run the whole pipeline"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench  - run the performance benchmarks (prints tables)"
 	@echo "make verify - rerun the pipeline into a temporary folder and print any output that differs"
 	@echo "make simulate - Monte-Carlo simulation study of the interval methods -> results/simulation/ (not part of run)"
+	@echo "make robma-sensitivity - RoBMA-PSMA under alternative priors -> tables/prior_sensitivity_robma.csv (not part of run)"
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,12 @@ verify: $(STAMP)
 simulate: $(STAMP)
 	@$(BIN)/snakemake --profile workflow/profiles/default --unlock > /dev/null 2>&1 || true
 	$(BIN)/snakemake --profile workflow/profiles/default $(SIMULATE_ARGS) results/simulation/simulation.csv
+
+# RoBMA-PSMA prior sensitivity: one ensemble per alternative prior set of bayes.robma.sensitivity (minutes per
+# dataset; three-level datasets take longest).
+robma-sensitivity: $(STAMP)
+	@$(BIN)/snakemake --profile workflow/profiles/default --unlock > /dev/null 2>&1 || true
+	$(BIN)/snakemake --profile workflow/profiles/default robma_sensitivity_all
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

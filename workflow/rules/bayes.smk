@@ -1,8 +1,16 @@
 # Stage bayes: Bayesian meta-analysis of each study-level dataset: the exact posterior by quadrature
-# over tau (prior sensitivity, model averaging), MCMC with nutpie for the random-effects,
-# meta-regression and three-level models, and the posterior figure.  The sampling rule passes the
-# config seed; the package derives the dataset's seed as derive_seed(seed, "bayes/<dataset>") and
-# from it one seed per model.
+# over tau (prior sensitivity), model averaging with the RoBMA-PSMA ensemble (effect x heterogeneity x
+# publication bias), MCMC with nutpie for the random-effects, meta-regression and three-level models, and
+# the posterior figure.  The sampling rules pass the config seed; the package derives the dataset's seeds as
+# derive_seed(seed, "bayes/<dataset>") and derive_seed(seed, "robma/<dataset>").
+from alliancemeta.studies.bayes.robma import RobmaSettings
+
+try:
+    RobmaSettings.from_bayes(
+        SETTINGS.bayes
+    )  # weight functions and sensitivity priors parse before any job
+except ValueError as err:
+    _stop(f"config/config.yaml: {err}")
 
 
 rule bayes_exact:
@@ -16,13 +24,6 @@ rule bayes_exact:
             subcategory="{dataset}",
             labels={"dataset": "{dataset}", "table": "Bayesian prior sensitivity"},
         ),
-        averaging=report(
-            "results/studies/{dataset}/tables/bayes_model_averaging.csv",
-            caption="../report/posterior_model_averaging.rst",
-            category="Study level",
-            subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "table": "Bayesian model averaging"},
-        ),
     log:
         "logs/bayes/exact_{dataset}.log",
     conda:
@@ -33,6 +34,76 @@ rule bayes_exact:
         about=about_study,
     script:
         "../scripts/bayes_exact.py"
+
+
+rule robma:
+    input:
+        studies="data/processed/studies/{dataset}.csv",
+    output:
+        averaging=report(
+            "results/studies/{dataset}/tables/bayes_model_averaging.csv",
+            caption="../report/posterior_model_averaging.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={
+                "dataset": "{dataset}",
+                "table": "Bayesian model averaging (RoBMA-PSMA)",
+            },
+        ),
+        pdf="results/studies/{dataset}/figures/robma.pdf",
+        png=report(
+            "results/studies/{dataset}/figures/robma.png",
+            caption="../report/robma.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "RoBMA-PSMA model averaging"},
+        ),
+    log:
+        "logs/bayes/robma_{dataset}.log",
+    benchmark:
+        "benchmarks/out/robma_{dataset}.tsv"
+    conda:
+        "../envs/alliancemeta.yaml"
+    threads: 2
+    params:
+        code=CODE,
+        bayes=SETTINGS.bayes,
+        seed=SETTINGS.seed,
+        study=study,
+        about=about_study,
+    script:
+        "../scripts/robma.py"
+
+
+# make robma-sensitivity (not part of make run: one ensemble per alternative prior set)
+rule robma_sensitivity:
+    input:
+        studies="data/processed/studies/{dataset}.csv",
+    output:
+        table="results/studies/{dataset}/tables/prior_sensitivity_robma.csv",
+    log:
+        "logs/bayes/robma_sensitivity_{dataset}.log",
+    benchmark:
+        "benchmarks/out/robma_sensitivity_{dataset}.tsv"
+    conda:
+        "../envs/alliancemeta.yaml"
+    threads: 2
+    params:
+        code=CODE,
+        bayes=SETTINGS.bayes,
+        seed=SETTINGS.seed,
+        study=study,
+    script:
+        "../scripts/robma_sensitivity.py"
+
+
+rule robma_sensitivity_all:
+    input:
+        expand(rules.robma_sensitivity.output.table, dataset=STUDY_DATASETS),
+
+
+own_target("robma_sensitivity", "robma_sensitivity")
+own_target("robma_sensitivity_all", "robma_sensitivity")
 
 
 rule bayes:

@@ -159,6 +159,7 @@ class BayesSettings(NamedTuple):
     informative_mu: Mapping | None
     sampler: SamplerSettings
     level: float
+    robma: Mapping  # config bayes.robma (RoBMA-PSMA ensemble), read by studies.bayes.robma.RobmaSettings
 
     @property
     def priors(self) -> Mapping:
@@ -175,6 +176,7 @@ class BayesSettings(NamedTuple):
             informative_mu=_frozen(bayes["informative_mu"]),
             sampler=SamplerSettings.from_config(bayes, "bayes"),
             level=float(config["meta"]["level"]),
+            robma=_frozen(bayes["robma"]),
         )
 
 

@@ -41,11 +41,20 @@ from alliancemeta.core.settings import BayesSettings, Dataset, SamplerSettings
 from alliancemeta.core.tables import atomic_path, write_csv
 from alliancemeta.pipeline.common import read_studies_table
 from alliancemeta.plots.bayes import posterior_figure
-from alliancemeta.plots.style import save_figure
-from alliancemeta.studies.bayes.averaging import AVERAGING_COLUMNS, model_averaging
+from alliancemeta.plots.robma import robma_figure
+from alliancemeta.plots.style import save_figure, unavailable
+from alliancemeta.studies.bayes.averaging import model_averaging
 from alliancemeta.studies.bayes.models import REPORTED, build_meta_model
 from alliancemeta.studies.bayes.priors import MetaPriors
 from alliancemeta.studies.bayes.quadrature import SENSITIVITY_COLUMNS, exact_posterior, prior_sensitivity
+from alliancemeta.studies.bayes.robma import (
+    ROBMA_COLUMNS,
+    ROBMA_SENSITIVITY_COLUMNS,
+    RobmaSettings,
+    fit_robma,
+    prior_sensitivity_robma,
+    robma_table,
+)
 from alliancemeta.studies.bayes.summary import (
     COMPARISON_COLUMNS,
     SUMMARY_COLUMNS,
@@ -279,19 +288,74 @@ def write_bayes(studies, table, comparison, posterior, *, bayes: BayesSettings, 
     write_csv(result.comparison, comparison, COMPARISON_COLUMNS)
 
 
-def write_exact_tables(studies, sensitivity, averaging, *, bayes: BayesSettings) -> None:
-    """The exact-path tables of one dataset: ``prior_sensitivity.csv`` and ``bayes_model_averaging.csv``.
-
-    Prior sensitivity over ``bayes.sensitivity_priors`` (tau) and ``bayes.informative_mu`` (mu; ``null`` in the
-    config leaves it out); model averaging over effect x heterogeneity with the configured priors.
-    """
+def write_prior_sensitivity(studies, sensitivity, *, bayes: BayesSettings) -> None:
+    """``prior_sensitivity.csv`` of one dataset by exact quadrature: the configured priors, the tau priors of
+    ``bayes.sensitivity_priors`` and ``bayes.informative_mu`` (mu; ``null`` in the config leaves it out)."""
     frame = read_studies_table(studies)
     yi, vi = frame["yi"].to_numpy(dtype=float), frame["vi"].to_numpy(dtype=float)
     priors = MetaPriors.from_config(bayes.priors)
     sens = prior_sensitivity(yi, vi, priors, bayes.sensitivity_priors, bayes.informative_mu, bayes.level)
-    bma = model_averaging(yi, vi, priors, level=bayes.level)
     write_csv(sens, sensitivity, SENSITIVITY_COLUMNS)
-    write_csv(bma, averaging, AVERAGING_COLUMNS)
+
+
+def robma_cluster(frame: pd.DataFrame):
+    """The study of each effect when ``study_id`` groups several effects (the three-level ensemble), else None."""
+    if "study_id" not in frame.columns or not frame["study_id"].duplicated().any():
+        return None
+    return frame["study_id"].to_numpy()
+
+
+#: Fewest effects for which the RoBMA-PSMA ensemble is fitted: with one effect the bias components are
+#: unidentified (a regression on the standard error through one point), and the posterior mode of the
+#: heterogeneity models is the prior's.
+ROBMA_MIN_K = 2
+
+
+def write_model_averaging(studies, averaging, pdf, png, *, bayes: BayesSettings, seed: int, dataset: Dataset,
+                          workers: int = 1) -> None:
+    """``bayes_model_averaging.csv`` and ``figures/robma.{pdf,png}`` of one dataset.
+
+    The table opens with the four exact no-bias models under the configured priors (effect x heterogeneity),
+    followed, unless ``bayes.robma.enabled`` is false, by the RoBMA-PSMA ensemble (three-level when
+    ``study_id`` groups effects): one row per model, the model-averaged (bias-adjusted), unadjusted and
+    conditional estimates, and inclusion Bayes factors.  ``seed`` is the config seed; the ensemble's is
+    ``derive_seed(seed, f"robma/{dataset.name}")`` (used only by models that need MCMC).  ``workers``
+    processes fit the quadrature models side by side.
+    """
+    frame = read_studies_table(studies)
+    yi, vi = frame["yi"].to_numpy(dtype=float), frame["vi"].to_numpy(dtype=float)
+    exact = model_averaging(yi, vi, MetaPriors.from_config(bayes.priors), level=bayes.level)
+    reason = None
+    if not bayes.robma["enabled"]:
+        reason = "The ensemble is switched off (bayes.robma.enabled: false)."
+    elif yi.size < ROBMA_MIN_K:
+        reason = (f"k = {yi.size}: the bias components need at least {ROBMA_MIN_K} effects (PET and PEESE regress "
+                  "the effects on their standard errors), so only the exact no-bias models are reported.")
+        log.warning("%s: RoBMA-PSMA not fitted. %s", dataset.name, reason)
+    if reason is not None:
+        table = exact.reindex(columns=list(ROBMA_COLUMNS))
+        figure = unavailable("RoBMA-PSMA", reason, dataset.label)
+    else:
+        settings = RobmaSettings.from_bayes(bayes)
+        fit = fit_robma(yi, vi, robma_cluster(frame), settings, derive_seed(seed, f"robma/{dataset.name}"),
+                        workers=workers, progress=log.info)
+        table = robma_table(fit, bayes.level, exact)
+        figure = robma_figure(fit, dataset.label)
+    write_csv(table, averaging, ROBMA_COLUMNS)
+    save_figure(figure, pdf, png)
+
+
+def write_robma_sensitivity(studies, sensitivity, *, bayes: BayesSettings, seed: int, dataset: Dataset,
+                            workers: int = 1) -> None:
+    """``prior_sensitivity_robma.csv``: the RoBMA-PSMA inclusion Bayes factors and bias-adjusted estimate under
+    the configured priors and each alternative of ``bayes.robma.sensitivity`` (only the models whose priors an
+    alternative changes are refitted)."""
+    frame = read_studies_table(studies)
+    yi, vi = frame["yi"].to_numpy(dtype=float), frame["vi"].to_numpy(dtype=float)
+    table = prior_sensitivity_robma(yi, vi, robma_cluster(frame), RobmaSettings.from_bayes(bayes),
+                                    derive_seed(seed, f"robma/{dataset.name}"), bayes.level, workers=workers,
+                                    progress=log.info)
+    write_csv(table, sensitivity, ROBMA_SENSITIVITY_COLUMNS)
 
 
 def write_posterior_figure(studies, posterior, pdf, png, *, bayes: BayesSettings, dataset: Dataset) -> None:

@@ -191,6 +191,56 @@ def bayes_table(frame: pd.DataFrame, level: float, data: str) -> ApaTable:
                     tuple(rows), note, align="llrrrrr")  # fmt: skip
 
 
+#: Components of the inclusion Bayes factors, in the order of the table.
+INCLUSION_LABELS = {"effect": "an effect", "heterogeneity": "heterogeneity", "bias": "publication bias",
+                    "selection": "selection (weight functions)", "pet": "PET", "peese": "PEESE"}  # fmt: skip
+#: Model-averaged rows, with their labels.
+AVERAGED_LABELS = {"model_averaged": "model-averaged", "model_averaged_unadjusted": "unadjusted (no-bias models)",
+                   "conditional_effect": "conditional on an effect"}  # fmt: skip
+
+
+def _bf_text(x) -> str:
+    x = float(x)
+    if not np.isfinite(x):
+        return MISSING if np.isnan(x) else "∞"
+    if x >= 1000 or x < 0.001:
+        mantissa, exponent = f"{x:.2e}".split("e")
+        return f"{mantissa} × 10^{int(exponent)}"
+    return num(x)
+
+
+def model_averaging_table(frame: pd.DataFrame, level: float, data: str) -> ApaTable:
+    """Inclusion Bayes factors and model-averaged r of the exact no-bias ensemble and of RoBMA-PSMA
+    (``bayes_model_averaging.csv``)."""
+    pct = level_pct(level)
+    rows = []
+    by = frame.set_index("model")
+    for prefix, ensemble in (("", "Effect × heterogeneity (exact)"), ("robma:", "RoBMA-PSMA")):
+        for comp, label in INCLUSION_LABELS.items():
+            key = f"{prefix}inclusion:{comp}"
+            if key in by.index:
+                r = by.loc[key]
+                rows.append((ensemble, f"Inclusion BF for {label}", _bf_text(r["bf_inclusion"]),
+                             num(r["post_prob"], 3), MISSING, MISSING))  # fmt: skip
+        for name, label in AVERAGED_LABELS.items():
+            key = f"{prefix}{name}"
+            if key in by.index:
+                r = by.loc[key]
+                mean = r["r_mean"] if "r_mean" in r and np.isfinite(r["r_mean"]) else np.tanh(r["mu_mean"])
+                rows.append((ensemble, f"r, {label}", MISSING, num(r["post_prob"], 3), bounded(mean),
+                             interval(np.tanh(r["mu_eti_lb"]), np.tanh(r["mu_eti_ub"]))))  # fmt: skip
+    note = (
+        f"Data: {data}. BF = inclusion Bayes factor (posterior over prior inclusion odds); P = posterior probability "
+        f"of the component or of the models averaged; r = posterior mean correlation with its {pct} equal-tailed "
+        "credible interval (CrI), back-transformed from Fisher z (exact ensemble: tanh of the posterior mean of z). "
+        "The exact ensemble uses the priors of the Bayesian random-effects model; RoBMA-PSMA uses RoBMA's default "
+        "priors rescaled to Fisher z, six selection models, PET and PEESE (36 models), and its model-averaged r is "
+        "the publication-bias-adjusted estimate."
+    )
+    return ApaTable("Bayesian Model Averaging", ("Ensemble", "Quantity", "BF", "P", "r", f"{pct} CrI"),
+                    tuple(rows), note, align="llrrrr")  # fmt: skip
+
+
 def mixed_models_table(frame: pd.DataFrame, level: float, data: str) -> ApaTable:
     """Session-level coefficients of every model and engine (``mixed_models.csv``)."""
     pct = level_pct(level)
@@ -290,6 +340,7 @@ BUILDERS = {
     "moderators": (moderator_table, ("moderator_tests",)),
     "publication_bias": (publication_bias_table, ()),
     "bayes": (bayes_table, ()),
+    "bayes_model_averaging": (model_averaging_table, ()),
     "mixed_models": (mixed_models_table, ()),
     "che": (che_table, ()),
     "location_scale": (location_scale_table, ("location_scale_tests",)),

@@ -76,7 +76,9 @@ ITEMS = (
          (("influence", "`tables/influence.csv`; `report/summary.md`, Results"),), ""),
     Item("21", "Publication bias", "Reporting biases: results",
          (("publication_bias", "`tables/publication_bias.csv`, `figures/funnel.pdf`"),
-          ("selection_models", "`tables/selection_models.csv`")), "Publication-bias stage not run."),
+          ("selection_models", "`tables/selection_models.csv`"),
+          ("bayes_model_averaging", "`tables/bayes_model_averaging.csv` (RoBMA-PSMA inclusion Bayes factor for bias, "
+           "bias-adjusted r), `figures/robma.pdf`")), "Publication-bias stage not run."),
     Item("22", "Certainty of evidence", "Certainty of evidence: results", (), NOT_HERE),
     Item("24", "Registration and protocol", "Registration, protocol, amendments", (), NOT_HERE),
     Item("25–26", "Funding and conflicts", "Support and competing interests", (), NOT_HERE),

@@ -447,8 +447,8 @@ def distribution_table(
     """
     yi = np.asarray(yi, dtype=float)
     vi = np.asarray(vi, dtype=float)
-    if yi.size != vi.size or yi.size < 2:
-        raise ValueError("yi and vi must have the same length, at least 2")
+    if yi.size != vi.size or yi.size < 1:
+        raise ValueError("yi and vi must have the same, positive length")
     thresholds = [float(r) for r in thresholds]
     if any(not -1.0 < r < 1.0 for r in thresholds):
         raise ValueError(f"thresholds are correlations in (-1, 1); got {thresholds}")
@@ -456,14 +456,19 @@ def distribution_table(
         raise ValueError(f"level must lie in (0, 1); got {level!r}")
     q_z = np.arctanh(thresholds)
     _codes, n_units = _units(cluster, yi.size)
-    try:
-        fit = random_effects(yi, vi, method=method, test=test, level=level)
-    except ConvergenceError as err:
-        note = f"the {method} random-effects model could not be estimated: {err}"
+
+    def unavailable(note: str) -> pd.DataFrame:
         rows = [{"threshold": r, "threshold_z": float(q), "method": m, "k": int(yi.size), "n_units": n_units,
                  "n_boot": 0, "ci_method": "", "note": note}
                 for r, q in zip(thresholds, q_z, strict=True) for m in ("normal", "calibrated")]  # fmt: skip
         return pd.DataFrame(rows, columns=[*DISTRIBUTION_COLUMNS, *DISTRIBUTION_EXTRA_COLUMNS])
+
+    if yi.size < 2:
+        return unavailable(f"k = {yi.size}: a distribution of true effects needs at least two effects")
+    try:
+        fit = random_effects(yi, vi, method=method, test=test, level=level)
+    except ConvergenceError as err:
+        return unavailable(f"the {method} random-effects model could not be estimated: {err}")
     mu, tau2 = fit.estimate, fit.tau2
     st2 = se_tau2(yi, vi, tau2, method)
     calib = calibrated_estimates(yi, vi, mu, tau2)

@@ -13,9 +13,18 @@ from alliancemeta.core.errors import SamplingError
 from alliancemeta.core.mcmc import ESS_BULK_MIN, R_HAT_MAX
 from alliancemeta.core.settings import BayesSettings, Dataset, validate_config
 from alliancemeta.pipeline import bayes as stage
-from alliancemeta.pipeline.bayes import BAYES_COLUMNS, write_bayes, write_exact_tables, write_posterior_figure
+from alliancemeta.pipeline.bayes import (
+    BAYES_COLUMNS,
+    robma_cluster,
+    write_bayes,
+    write_model_averaging,
+    write_posterior_figure,
+    write_prior_sensitivity,
+    write_robma_sensitivity,
+)
 from alliancemeta.studies.bayes.averaging import AVERAGING_COLUMNS
 from alliancemeta.studies.bayes.quadrature import SENSITIVITY_COLUMNS
+from alliancemeta.studies.bayes.robma import ROBMA_COLUMNS, ROBMA_SENSITIVITY_COLUMNS
 from alliancemeta.studies.bayes.summary import COMPARISON_COLUMNS
 from alliancemeta.studies.regression import design_matrix
 
@@ -118,9 +127,7 @@ def test_prior_sensitivity_table(tmp_path):
     pd.DataFrame({"study": frame["study"], "yi": np.arctanh(frame["r"]), "vi": 1 / (frame["n"] - 3)}).to_csv(
         studies, index=False)
     out = tmp_path / "tables" / "prior_sensitivity.csv"
-    averaging = tmp_path / "tables" / "bayes_model_averaging.csv"
-    write_exact_tables(studies, out, averaging, bayes=BAYES)
-    assert list(pd.read_csv(averaging).columns) == list(AVERAGING_COLUMNS)
+    write_prior_sensitivity(studies, out, bayes=BAYES)
     table = pd.read_csv(out)
     assert list(table.columns) == list(SENSITIVITY_COLUMNS)
     # the configured prior equals the first sensitivity prior, so it is listed once: 4 tau + 1 mu prior
@@ -134,3 +141,62 @@ def test_prior_sensitivity_table(tmp_path):
     base = table[table["prior"] == table["prior"].iloc[0]].set_index("parameter")
     assert informative.set_index("parameter").loc["mu", "mean"] > base.loc["mu", "mean"] + 0.05
 
+
+
+#: A reduced RoBMA ensemble (one weight function and PET: 12 models) keeps the stage tests to seconds.
+SMALL_ROBMA = {"weightfunctions": [{"side": "one.sided", "steps": [0.05]}], "components": ["selection", "pet"],
+               "sensitivity": {"mu N(0, 1)": {"prior_mu": {"dist": "normal", "mu": 0, "sigma": 1}}}}
+
+
+def robma_bayes(**robma) -> BayesSettings:
+    return BayesSettings.from_config(validate_config({"bayes": {"robma": {**SMALL_ROBMA, **robma}}}))
+
+
+def test_model_averaging_table_and_figure_three_level(tmp_path):
+    frame = dataset(n_clusters=8)
+    studies = tmp_path / "studies.csv"
+    frame.to_csv(studies, index=False)
+    averaging = tmp_path / "tables" / "bayes_model_averaging.csv"
+    pdf, png = tmp_path / "figures" / "robma.pdf", tmp_path / "figures" / "robma.png"
+    write_model_averaging(studies, averaging, pdf, png, bayes=robma_bayes(), seed=3, dataset=DEMO)
+    table = pd.read_csv(averaging)
+    assert list(table.columns) == list(ROBMA_COLUMNS)
+    assert list(table.columns[: len(AVERAGING_COLUMNS)]) == list(AVERAGING_COLUMNS)
+    assert table["model"].is_unique
+    exact = table[~table["model"].str.startswith("robma:")]
+    assert list(exact["model"][:4]) == ["fixed_null", "fixed", "random_null", "random"]
+    models = table[table["model"].str.count(":").eq(2) & ~table["model"].str.contains("inclusion")]
+    assert len(models) == 12 and models["post_prob"].sum() == pytest.approx(1.0, abs=1e-12)
+    assert {"robma:inclusion:bias", "robma:model_averaged", "robma:model_averaged_unadjusted"} <= set(table["model"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.stat().st_size > 5_000
+
+
+def test_model_averaging_switched_off_keeps_the_exact_rows(tmp_path):
+    frame = dataset(n_clusters=6)
+    studies = tmp_path / "studies.csv"
+    frame.to_csv(studies, index=False)
+    averaging = tmp_path / "bayes_model_averaging.csv"
+    write_model_averaging(studies, averaging, tmp_path / "r.pdf", tmp_path / "r.png", bayes=robma_bayes(enabled=False),
+                          seed=3, dataset=DEMO)  # fmt: skip
+    table = pd.read_csv(averaging)
+    assert not table["model"].str.startswith("robma:").any() and len(table) == 7
+
+
+def test_robma_cluster_only_when_studies_group_effects():
+    frame = dataset(n_clusters=6)
+    assert robma_cluster(frame) is not None
+    assert robma_cluster(frame.drop_duplicates("study_id")) is None
+    assert robma_cluster(frame.drop(columns="study_id")) is None
+
+
+@pytest.mark.slow
+def test_robma_sensitivity_table(tmp_path):
+    frame = dataset(n_clusters=8).drop(columns="study_id")
+    studies = tmp_path / "studies.csv"
+    frame.to_csv(studies, index=False)
+    out = tmp_path / "prior_sensitivity_robma.csv"
+    write_robma_sensitivity(studies, out, bayes=robma_bayes(), seed=3, dataset=DEMO)
+    table = pd.read_csv(out)
+    assert list(table.columns) == list(ROBMA_SENSITIVITY_COLUMNS)
+    assert list(table["prior"]) == ["default", "mu N(0, 1)"]
+    assert list(table["models_refitted"]) == [12, 6]  # only the models with an effect use the mu prior

@@ -100,6 +100,11 @@ def test_se_tau2_matches_dense_formulas(method):
     np.testing.assert_allclose(se_tau2(yi, vi, tau2, method), expected, rtol=1e-10)
 
 
+# Both solvers stop once a tau^2 step is below 1e-12 (absolute for tau^2 < 1, BATCH_TOL); near tau^2 = 0 their
+# stopping points can differ by a few such steps, which is far below anything a table shows.
+TAU2_ATOL = 1e-11
+
+
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), method=st.sampled_from(["REML", "ML", "DL"]), tau=st.floats(0.0, 0.3))
 def test_batched_fits_equal_one_by_one_fits_on_expanded_rows(seed, method, tau):
@@ -111,7 +116,7 @@ def test_batched_fits_equal_one_by_one_fits_on_expanded_rows(seed, method, tau):
     for b in np.flatnonzero(~pending):
         rows = np.repeat(np.arange(yi.size), F[b].astype(int))
         ref = estimate_tau2(yi[rows], vi[rows], method=method).tau2
-        np.testing.assert_allclose(tau2[b], ref, rtol=1e-8, atol=1e-14)
+        np.testing.assert_allclose(tau2[b], ref, rtol=1e-8, atol=TAU2_ATOL)
 
 
 def test_norm_inter_on_known_values():
