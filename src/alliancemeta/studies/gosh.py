@@ -33,13 +33,14 @@ quantities and conventions are those of ``metafor::gosh`` (``gosh.rma``, metafor
 
 Computation.  A subset is a column of a 0/1 membership matrix M (k x b, b subsets per batch), so
 every sum over a subset is a matrix product: :math:`\sum_S w_i^a f_i = (f^\top (M \circ W^{a}))`
-with :math:`W_{ij} = 1/(v_i + \tau^2_j)`.  FE, DL, HE, HS and SJ are closed forms of such sums (Q is
-computed in two passes, around each subset's own mean, as metafor does, so it carries no
-cancellation error).  PM/EB solve :math:`Q(\tau^2) = k_S - 1` and ML/REML their score equations for
-all subsets of a batch at once by safeguarded Newton steps (below), each subset with its own
-convergence check; converged subsets leave the batch.  The memberships are stored as packed bits
-(k/8 bytes per subset), never as a k x n boolean matrix; batches hold about
-:data:`BATCH_ELEMENTS` matrix entries, which keeps them in the processor's cache.
+with :math:`W_{ij} = 1/(v_i + \tau^2_j)`, for the features :math:`f \in \{1, y, y^2\}` of the effects
+centred at their full-data equal-effects mean (so the one-pass :math:`Q = \sum w y^2 - (\sum w y)^2 /
+\sum w` carries no cancellation error worth speaking of).  Everything at :math:`\tau^2 = 0` (FE, DL,
+HE, HS and the starting values) is one product of a 13 x k matrix with M; SJ needs one more pass.
+PM/EB solve :math:`Q(\tau^2) = k_S - 1` and ML/REML their score equations for all subsets of a batch
+at once (below), each subset with its own convergence check; finished subsets leave the work arrays.
+The memberships are stored as packed bits (k/8 bytes per subset), never as a k x n boolean matrix;
+batches hold about :data:`BATCH_ELEMENTS` matrix entries, which keeps them in the processor's cache.
 
 Root finding (ML, REML).  With the sums :math:`S_a = \sum w^a`, :math:`E_a = \sum w^a (y -
 \hat\theta)^2`, :math:`F = \sum w^2 (y - \hat\theta)` the REML score (times 2) and its derivative are
@@ -51,19 +52,24 @@ Root finding (ML, REML).  With the sums :math:`S_a = \sum w^a`, :math:`E_a = \su
     \operatorname{tr}(PP) = S_2 - 2S_3/S_1 + S_2^2/S_1^2
 
 (ML: :math:`U = E_2 - S_1`, :math:`U' = -2E_3 + 2F^2/S_1 + S_2`; Viechtbauer 2005, *J Educ Behav
-Stat* 30, 261-293, eqs. 10-12 for the intercept-only model).  Each subset starts from its HE
-estimate, as ``rma.uni`` does, and takes a Newton step where :math:`U' < 0` and a Fisher-scoring step
-(:math:`U/\operatorname{tr}(PP)`, resp. :math:`U/S_2`) elsewhere; both move towards the sign change
-of U, and a bracket of the points with positive and negative score turns any step that leaves it
-into a bisection.  Negative steps stop at the boundary 0, which is the solution when
-:math:`U(0) \le 0`.  A subset has converged when its step is below
-:data:`~alliancemeta.studies.random_effects.TAU2_THRESHOLD` :math:`\cdot\max(1, \tau^2)`.  As
-metafor's ``ll0check``, an interior solution is replaced by 0 when the log-likelihood at 0 is higher
-(by more than :data:`LL0_TOL`).  A subset still unconverged after :data:`MAX_VECTOR_ITER` vectorised
-steps is refitted on its own by :func:`~alliancemeta.studies.random_effects.estimate_tau2` (bracketed
-Brent iteration); if that fails too, its values are NaN and it is counted in ``n_failed``, never
-returned as a silent number.  PM and EB use the same iteration on :math:`Q(\tau^2) - (k_S - 1)`
-(decreasing and convex, so Newton from 0 converges monotonically).
+Stat* 30, 261-293, eqs. 10-12 for the intercept-only model).  The likelihood of a small subset can
+have several local maxima, so the iteration follows ``rma.uni``'s path to pick the same one: Fisher
+scoring (:math:`\Delta = U/\operatorname{tr}(PP)`, resp. :math:`U/S_2`) from the HE estimate, a step
+that would make :math:`\tau^2` negative halved until it does not.  It is accelerated where that is
+safe: once a sign change of U brackets a root, Newton steps (:math:`-U/U'`) inside the bracket
+(bisection when a step would leave it); before that, a Newton step only when it is short,
+:math:`|\Delta| \le` :data:`NEWTON_TRUST` :math:`(\tau^2 + \bar v)` with :math:`\bar v = S_2/S_3` at
+:math:`\tau^2 = 0` (an average of the v weighted towards the smallest), so the weights change by a
+bounded factor and the step cannot jump over another local maximum.  A subset has converged when
+its step is below :data:`ROOT_RTOL` :math:`\cdot\tau^2` (Newton steps then leave an error of the
+order of the square of that); it is at the boundary 0 when :math:`U(0) \le 0` and the iterates,
+all with negative U, fall below :data:`BOUNDARY_RTOL` :math:`\cdot \bar v`.  Then, as metafor's
+``ll0check``, an interior solution is replaced by 0 when the log-likelihood there is higher (see
+:data:`LL0_TOL`).  The few subsets not finished after :data:`MAX_VECTOR_ITER` steps (Fisher scoring
+crawling along a flat likelihood) are pooled and rerun on the same path with up to :data:`MAX_ITER`
+steps; a subset that still has not converged gets NaN for every statistic and is counted in
+``n_failed``, never returned as a silent number.  PM and EB use the same iteration on
+:math:`Q(\tau^2) - (k_S - 1)`, decreasing and convex, from 0 (Newton then converges monotonically).
 """
 
 from __future__ import annotations
@@ -94,6 +100,8 @@ BATCH_ELEMENTS = 1 << 17
 #: Vectorised Newton/Fisher steps before a subset is handed to the scalar solver (safeguarded Newton
 #: converges quadratically and needs 3-8 steps on ordinary data).
 MAX_VECTOR_ITER = 40
+#: The root finding drops finished subsets from its work arrays once fewer than this share still iterate.
+COMPACT_FRACTION = 0.5
 #: Most steps for the slow subsets (rma.uni's Fisher scoring can crawl along a flat likelihood).
 MAX_ITER = 2000
 #: Convergence of the vectorised root finding: a step below ROOT_RTOL * tau^2 or ROOT_ATOL.  Near the root
@@ -107,9 +115,12 @@ NEWTON_TRUST = 0.5
 #: A subset whose equation is negative at 0 and at every point visited is at the boundary once the
 #: iterates fall below BOUNDARY_RTOL * min v (rma.uni's halved Fisher steps approach 0 geometrically).
 BOUNDARY_RTOL = 1e-10
-#: ``ll0check``: the boundary tau^2 = 0 replaces an interior ML/REML solution when its log-likelihood is
-#: higher by more than this, metafor's default ``control$tol`` (.Machine$double.eps^0.25).
-LL0_TOL = np.finfo(float).eps ** 0.25
+#: ``ll0check``: an interior ML/REML solution is replaced by the boundary tau^2 = 0 when the log-likelihood
+#: there is higher by more than this margin (above round-off of a log-likelihood of O(k)), so every subset
+#: gets the global maximum, as :func:`~alliancemeta.studies.random_effects.estimate_tau2` does.  metafor keeps
+#: the interior local maximum unless the boundary is better by more than its ``control$tol``
+#: (.Machine$double.eps^0.25 = 1.2e-4); on molloy2014 this happens in a handful of the 65,535 subsets.
+LL0_TOL = 1e-10
 
 GOSH_STATISTICS = ("estimate", "tau2", "I2", "Q")
 GOSH_SUMMARY_COLUMNS = ("model", "statistic", "n_subsets", "mean", "sd", "q05", "q50", "q95")
@@ -215,38 +226,56 @@ class SubsetFits:
 
 
 class _Data:
-    """The k effects, centred at their equal-effects mean ``center`` (sums then carry no offset)."""
+    """The k effects, centred at their equal-effects mean ``center`` (so sums carry no offset)."""
 
     def __init__(self, yi: np.ndarray, vi: np.ndarray):
         self.vi = vi
-        self.w = 1.0 / vi
-        self.w2 = self.w * self.w
-        self.center = float(np.sum(self.w * yi) / np.sum(self.w))
-        self.yc = yi - self.center
-        self.F = np.vstack([np.ones_like(yi), self.yc, self.yc * self.yc])  # features 1, y, y^2 (3, k)
+        self.w = w = 1.0 / vi
+        self.center = float(np.sum(w * yi) / np.sum(w))
+        yc = yi - self.center
+        self.F = np.vstack([np.ones_like(yc), yc, yc * yc])  # features 1, y, y^2 (3, k)
+        # everything any estimator needs at tau^2 = 0, as one matrix product with the memberships:
+        # rows 0-2: sums of 1, y, y^2; row 3: of v; rows 4-6, 7-9, 10-12: of w F, w^2 F, w^3 F
+        self.A0 = np.vstack([self.F, vi[None, :], w * self.F, w**2 * self.F, w**3 * self.F])
 
 
 class _Batch:
-    """One batch of subsets: the membership matrix M (k, b) of 0/1 floats and the data."""
+    """One batch of subsets: membership matrix M (k, b) of 0/1 doubles and its sums at tau^2 = 0."""
 
     def __init__(self, M: np.ndarray, data: _Data):
-        self.M = M
         self.data = data
-        self.vi = data.vi
-        self.yc = data.yc
-        self.F = data.F
-        self.w2 = data.w2
-        self.center = data.center
+        with np.errstate(divide="ignore"):
+            self.vm = data.vi[:, None] / M  # v where included, inf elsewhere: 1 / (vm + t) = M o W
+        self.G0 = data.A0 @ M  # (13, b)
+        self.ks = self.G0[0]
 
-    def sums(self, t: np.ndarray, powers: int, cols: np.ndarray | None = None) -> list[np.ndarray]:
-        """[F @ (M o W^a) for a = 1..powers], each (3, b): sums of w^a, w^a y, w^a y^2 per subset."""
-        M = self.M if cols is None else self.M[:, cols]
-        W = M / (self.vi[:, None] + t[None, :])
-        out = [self.F @ W]
-        Wa = W
-        for _ in range(1, powers):
-            Wa = Wa * W
-            out.append(self.F @ Wa)
+    @classmethod
+    def _subset(cls, batch: _Batch, cols: np.ndarray) -> _Batch:
+        """The batch restricted to the subsets ``cols``."""
+        out = cls.__new__(cls)
+        out.data = batch.data
+        out.vm = batch.vm[:, cols]
+        out.G0 = batch.G0[:, cols]
+        out.ks = out.G0[0]
+        return out
+
+    def sums0(self, powers: int) -> list[np.ndarray]:
+        """The sums of w^a F at tau^2 = 0, a = 1..powers (no pass over the matrix)."""
+        return [self.G0[4 + 3 * a : 7 + 3 * a] for a in range(powers)]
+
+    def sums(self, t: np.ndarray, powers: int, vm: np.ndarray | None = None) -> list[np.ndarray]:
+        """[F @ (M o W^a) for a = 1..powers], each (3, b): sums of w^a, w^a y, w^a y^2 per subset,
+        with :math:`W_{ij} = 1/(v_i + t_j)`; ``vm`` is a column subset of :attr:`vm` matching ``t``."""
+        W = (self.vm if vm is None else vm) + t[None, :]
+        np.reciprocal(W, out=W)
+        F = self.data.F
+        out = [F @ W]
+        if powers > 1:
+            Wa = W * W
+            out.append(F @ Wa)
+            if powers > 2:
+                Wa *= W
+                out.append(F @ Wa)
         return out
 
     def pooled(self, t: np.ndarray) -> np.ndarray:
@@ -254,33 +283,24 @@ class _Batch:
         S = self.sums(t, 1)[0]
         return S[1] / S[0]
 
+    def fe(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        r"""Sum of w, sum of w^2, the equal-effects mean (centred scale) and
+        :math:`Q = \sum w y^2 - (\sum w y)^2 / \sum w` (on centred y, so without cancellation)."""
+        S1, T1, U1 = self.G0[4:7]
+        mu = T1 / S1
+        return S1, self.G0[7], mu, np.maximum(U1 - T1 * mu, 0.0)
 
-def _two_pass_q(batch: _Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """FE pieces per subset: sum w, sum w^2, the mean (centred scale) and Q around it (two passes)."""
-    MW = batch.M * batch.data.w[:, None]
-    S1 = MW.sum(axis=0)
-    S2 = batch.data.w @ MW
-    mu = (batch.yc @ MW) / S1
-    R = batch.yc[:, None] - mu[None, :]
-    Q = np.einsum("ij,ij->j", MW, R * R)
-    return S1, S2, mu, Q
-
-
-def _he(batch: _Batch, ks: np.ndarray) -> np.ndarray:
-    r"""HE (Hedges) estimate per subset: :math:`(\sum (y - \bar y)^2 - (1 - 1/k)\sum v) / (k - 1)`."""
-    M = batch.M
-    ybar = (batch.yc @ M) / ks
-    R = batch.yc[:, None] - ybar[None, :]
-    rss = np.einsum("ij,ij->j", M, R * R)
-    sv = batch.vi @ M
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (rss - (1.0 - 1.0 / ks) * sv) / (ks - 1.0)
+    def he(self) -> np.ndarray:
+        r"""HE estimate (Hedges 1983): :math:`(\sum (y - \bar y)^2 - (1 - 1/k)\sum v) / (k - 1)`."""
+        ks, sy, syy, sv = self.G0[0:4]
+        rss = np.maximum(syy - sy * sy / ks, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (rss - (1.0 - 1.0 / ks) * sv) / (ks - 1.0)
 
 
-def _equation(batch: _Batch, t: np.ndarray, cols: np.ndarray, kind: str, ks: np.ndarray):
-    """The estimating equation U(t) of each subset in ``cols``, its expected slope magnitude (the
-    Fisher information) and its derivative dU/dt (module docstring)."""
-    S = batch.sums(t, 2 if kind == "q" else 3, cols)
+def _equation(S: list[np.ndarray], kind: str, ks: np.ndarray):
+    """The estimating equation U(t) of each subset from its sums ``S`` (see :meth:`_Batch.sums`),
+    the Fisher information (expected -dU/dt) and the derivative dU/dt (module docstring)."""
     S1, T1, U1 = S[0]
     S2, T2, U2 = S[1]
     mu = T1 / S1
@@ -299,37 +319,39 @@ def _equation(batch: _Batch, t: np.ndarray, cols: np.ndarray, kind: str, ks: np.
     return U, info, -2.0 * E3 + 2.0 * F * F / S1 + info
 
 
-def _solve_tau2(
-    batch: _Batch, ks: np.ndarray, t0: np.ndarray, method: str, max_iter: int
-) -> tuple[np.ndarray, np.ndarray, int]:
+def _solve_tau2(batch: _Batch, t0: np.ndarray, method: str, max_iter: int) -> tuple[np.ndarray, int]:
     """Root of the estimating equation of every subset of a batch (module docstring, *Root finding*).
 
-    Follows ``rma.uni``'s path (Fisher scoring from ``t0``, a step that would leave [0, inf) halved
-    until it does not) so that the same local maximum is found when the likelihood has several,
-    and accelerates it: Newton steps once a sign change brackets the root, and before that when
-    the Newton step is short (:data:`NEWTON_TRUST`).  Returns tau^2 (NaN where unconverged after
-    :data:`MAX_VECTOR_ITER` steps), a converged flag and the number of steps taken.
+    Follows ``rma.uni``'s path (Fisher scoring from ``t0``; a step that would make tau^2 negative is
+    halved until it does not) so that the same local maximum is found when the likelihood has
+    several, and accelerates it: Newton steps once a sign change brackets the root, and before that
+    when the Newton step is short (:data:`NEWTON_TRUST`).  Returns tau^2 (NaN where not converged
+    in ``max_iter`` steps) and the number of steps taken.
     """
-    b = t0.size
+    ks = batch.ks
+    b = ks.size
     kind = "q" if method in ("PM", "EB") else method
+    powers = 2 if kind == "q" else 3
+    U0 = _equation(batch.sums0(powers), kind, ks)[0]  # U(0) <= 0: tau^2 = 0 is a local solution
+    # scale of the trust region: sum w^2 / sum w^3, an average of v weighted towards the smallest
+    vref = batch.G0[7] / batch.G0[10]
+    result = np.full(b, np.nan)
+    # state of the compacted columns (vm's columns); `pos` lists those still iterating
+    vm = batch.vm
     cols = np.arange(b)
-    vmin = np.where(batch.M > 0, batch.vi[:, None], np.inf).min(axis=0)
-    # the equation at the boundary: U(0) <= 0 makes tau^2 = 0 a local solution
-    U0 = _equation(batch, np.zeros(b), cols, kind, ks)[0]
-    t = np.maximum(t0, 0.0)
+    tc = np.maximum(t0, 0.0)
     lo = np.where(U0 > 0, 0.0, -1.0)  # largest t with U > 0 seen (-1: none)
     hi = np.full(b, np.inf)  # smallest t with U < 0 seen
-    result = np.full(b, np.nan)
-    done = np.zeros(b, dtype=bool)
-    active = cols
+    pos = np.arange(b)
     steps = 0
     for it in range(1, max_iter + 1):
         steps = it
-        ka = ks[active]
-        U, info, dU = _equation(batch, t, active, kind, ka)
-        lo_a = np.where(U > 0, t, lo[active])
-        hi_a = np.where(U < 0, t, hi[active])
-        vm = vmin[active]
+        S = [s[:, pos] for s in batch.sums(tc, powers, vm)]
+        t = tc[pos]
+        c = cols[pos]
+        U, info, dU = _equation(S, kind, ks[c])
+        lo_a = np.where(U > 0, t, lo[pos])
+        hi_a = np.where(U < 0, t, hi[pos])
         with np.errstate(divide="ignore", invalid="ignore"):
             fisher = U / info
             newton = np.where(dU < 0, -U / dU, np.nan)
@@ -339,78 +361,73 @@ def _solve_tau2(
         n_new = t + newton
         bracketed = (lo_a >= 0) & np.isfinite(hi_a)
         in_bracket = (n_new > lo_a) & (n_new < hi_a)
-        trusted = (np.abs(newton) <= NEWTON_TRUST * (t + vm)) & (n_new > 0) & in_bracket
+        trusted = (np.abs(newton) <= NEWTON_TRUST * (t + vref[c])) & (n_new > 0) & in_bracket
         new = np.where(bracketed, np.where(in_bracket, n_new, np.nan), np.where(trusted, n_new, f_new))
         # inside a bracket: Fisher when Newton leaves it, bisection when both do
         f_in = (f_new > lo_a) & (f_new < hi_a)
         new = np.where(np.isnan(new), np.where(f_in, f_new, 0.5 * (np.maximum(lo_a, 0.0) + hi_a)), new)
         conv = np.abs(new - t) <= np.maximum(ROOT_RTOL * new, ROOT_ATOL)
-        value = new
         # U = 0 exactly, or the boundary: at t = 0 with U <= 0, or approaching it with no positive U seen
         exact = U == 0.0
-        boundary = (U0[active] <= 0) & (lo_a < 0) & (U < 0) & (t <= BOUNDARY_RTOL * vm)
-        boundary |= (t == 0.0) & (U <= 0.0)
-        conv |= exact | boundary
-        value = np.where(exact, t, np.where(boundary, 0.0, value))
-        finished = conv & np.isfinite(value)
-        idx = active[finished]
-        result[idx] = value[finished]
-        done[idx] = True
-        keep = ~finished
-        active = active[keep]
-        lo[active] = lo_a[keep]
-        hi[active] = hi_a[keep]
-        t = new[keep]
-        if active.size == 0:
+        boundary = ((U0[c] <= 0) & (lo_a < 0) & (U < 0) & (t <= BOUNDARY_RTOL * vref[c])) | ((t == 0.0) & (U <= 0.0))
+        value = np.where(exact, t, np.where(boundary, 0.0, new))
+        finished = (conv | exact | boundary) & np.isfinite(value)
+        result[c[finished]] = value[finished]
+        tc[pos] = new
+        lo[pos] = lo_a
+        hi[pos] = hi_a
+        pos = pos[~finished]
+        if pos.size == 0:
             break
-    return result, done, steps
+        if pos.size < COMPACT_FRACTION * tc.size:  # drop the finished columns from the work arrays
+            vm, cols, tc, lo, hi = vm[:, pos], cols[pos], tc[pos], lo[pos], hi[pos]
+            pos = np.arange(pos.size)
+    return result, steps
 
 
 def _loglik_gap(batch: _Batch, t: np.ndarray, cols: np.ndarray, reml: bool) -> np.ndarray:
-    """log L(0) - log L(t) per subset (ML or REML, constants cancel)."""
-    M = batch.M[:, cols]
-    out = []
-    for tt in (np.zeros_like(t), t):
-        W = M / (batch.vi[:, None] + tt[None, :])
-        S1, T1, U1 = batch.F @ W
-        ll = -0.5 * np.einsum("ij,ij->j", M, np.log(batch.vi[:, None] + tt[None, :])) - 0.5 * (U1 - T1 * T1 / S1)
-        if reml:
-            ll = ll - 0.5 * np.log(S1)
-        out.append(ll)
-    return out[0] - out[1]
+    r"""log L(0) - log L(t) of the subsets ``cols`` (ML or REML; constants cancel):
+
+    .. math:: \tfrac12\sum\log(1 + t w_i) + \tfrac12(Q(t) - Q(0)) \;[+ \tfrac12\log(S_1(t)/S_1(0))]
+    """
+    vm = batch.vm[:, cols]
+    S1, T1, U1 = batch.sums(t, 1, vm)[0]
+    S1_0, T1_0, U1_0 = batch.G0[4:7, cols]
+    with np.errstate(divide="ignore"):
+        wm = 1.0 / vm  # w where included, 0 elsewhere
+    gap = 0.5 * np.log1p(t[None, :] * wm).sum(axis=0) + 0.5 * ((U1 - T1 * T1 / S1) - (U1_0 - T1_0 * T1_0 / S1_0))
+    if reml:
+        gap += 0.5 * np.log(S1 / S1_0)
+    return gap
 
 
-def _tau2_batch(batch: _Batch, method: str, ks: np.ndarray, S1, S2, Q, max_iter: int) -> tuple[np.ndarray, int]:
+def _tau2_batch(batch: _Batch, method: str, max_iter: int) -> tuple[np.ndarray, int]:
     """tau^2 of every subset of a batch (FE: 0); NaN where the iteration has not converged in
     ``max_iter`` steps.  Also returns the number of steps taken."""
-    M = batch.M
+    ks = batch.ks
     multi = ks > 1
+    S1, S2, _, Q = batch.fe()
     tau2 = np.zeros(ks.size)
     with np.errstate(divide="ignore", invalid="ignore"):
         if method == "DL":
             tau2 = np.where(multi, np.maximum(0.0, (Q - (ks - 1.0)) / (S1 - S2 / S1)), 0.0)
         elif method == "HE":
-            tau2 = np.where(multi, np.maximum(0.0, _he(batch, ks)), 0.0)
+            tau2 = np.where(multi, np.maximum(0.0, batch.he()), 0.0)
         elif method == "HS":
             tau2 = np.where(multi, np.maximum(0.0, (Q - ks) / S1), 0.0)
         elif method == "SJ":
-            ybar = (batch.yc @ M) / ks
-            R = batch.yc[:, None] - ybar[None, :]
-            t0 = np.einsum("ij,ij->j", M, R * R) / ks  # var(y) (k - 1) / k
-            R = batch.yc[:, None] - batch.pooled(t0)[None, :]
-            q0 = np.einsum("ij,ij->j", M / (batch.vi[:, None] + t0[None, :]), R * R)
-            tau2 = np.where(multi, np.maximum(0.0, t0 * q0 / (ks - 1.0)), 0.0)
-    if method not in ("ML", "REML", "PM", "EB"):
+            ks_, sy, syy = batch.G0[0:3]
+            t0 = np.maximum(syy - sy * sy / ks_, 0.0) / ks  # var(y) (k - 1) / k
+            S1t, T1t, U1t = batch.sums(t0, 1)[0]
+            tau2 = np.where(multi, t0 * np.maximum(U1t - T1t * T1t / S1t, 0.0) / (ks - 1.0), 0.0)
+    if method not in ("ML", "REML", "PM", "EB") or not multi.any():
         return tau2, 0
     cols = np.flatnonzero(multi)
-    if cols.size == 0:
-        return tau2, 0
-    sub = _Batch(M[:, cols], batch.data)
-    ks_c = ks[cols]
-    t0 = np.zeros(cols.size) if method in ("PM", "EB") else np.maximum(0.0, _he(sub, ks_c))
-    sol, ok, steps = _solve_tau2(sub, ks_c, t0, method, max_iter)
+    sub = batch if cols.size == ks.size else _Batch._subset(batch, cols)
+    t0 = np.zeros(cols.size) if method in ("PM", "EB") else np.maximum(0.0, sub.he())
+    sol, steps = _solve_tau2(sub, t0, method, max_iter)
     if method in ("ML", "REML"):
-        inner = np.flatnonzero(ok & (sol > 0.0))
+        inner = np.flatnonzero(sol > 0.0)  # NaN (unconverged) compares False
         if inner.size:
             gap = _loglik_gap(sub, sol[inner], inner, reml=method == "REML")
             sol[inner[gap > LL0_TOL]] = 0.0
@@ -418,9 +435,11 @@ def _tau2_batch(batch: _Batch, method: str, ks: np.ndarray, S1, S2, Q, max_iter:
     return tau2, steps
 
 
-def _finish(batch: _Batch, method: str, ks, S1, S2, mu_fe, Q, tau2) -> tuple[np.ndarray, ...]:
-    """estimate, tau2, I2, H2, Q of every subset of a batch given its tau^2 (NaN: not estimable)."""
+def _finish(batch: _Batch, method: str, tau2: np.ndarray) -> tuple[np.ndarray, ...]:
+    """estimate, tau2, I2, H2, Q of every subset of a batch given its tau^2 (NaN: not estimated)."""
+    ks = batch.ks
     multi = ks > 1
+    S1, S2, mu_fe, Q = batch.fe()
     failed = np.isnan(tau2)
     Q = np.where(multi, Q, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -433,7 +452,7 @@ def _finish(batch: _Batch, method: str, ks, S1, S2, mu_fe, Q, tau2) -> tuple[np.
             H2 = np.where(multi, 1.0 + tau2 / vt, 1.0)
     estimate = mu_fe if method == "FE" else batch.pooled(np.where(failed, 0.0, tau2))
     nan = np.where(failed, np.nan, 0.0)
-    return estimate + batch.center + nan, tau2, I2 + nan, H2 + nan, Q + nan
+    return estimate + batch.data.center + nan, tau2, I2 + nan, H2 + nan, Q + nan
 
 
 def _check_data(yi, vi) -> tuple[np.ndarray, np.ndarray]:
@@ -489,13 +508,12 @@ def fit_subsets(yi, vi, packed: np.ndarray, method: str = "FE", batch_elements: 
 
     def run(rows, max_iter):
         nonlocal max_steps
-        M = np.unpackbits(packed[rows], axis=1, count=k, bitorder="little").T.astype(np.float64)
-        batch = _Batch(np.ascontiguousarray(M), data)
-        ks = sizes[rows].astype(np.float64)
-        S1, S2, mu, Q = _two_pass_q(batch)
-        tau2, steps = _tau2_batch(batch, method, ks, S1, S2, Q, max_iter)
+        # unpack the transposed bytes: effects come out as rows, already contiguous
+        M = np.unpackbits(packed[rows].T, axis=0, count=k, bitorder="little").astype(np.float64)
+        batch = _Batch(M, data)
+        tau2, steps = _tau2_batch(batch, method, max_iter)
         max_steps = max(max_steps, steps)
-        for name, value in zip(names, _finish(batch, method, ks, S1, S2, mu, Q, tau2), strict=True):
+        for name, value in zip(names, _finish(batch, method, tau2), strict=True):
             out[name][rows] = value
         return np.isnan(tau2)
 
