@@ -121,12 +121,14 @@ BOUNDARY_RTOL = 1e-10
 #: the interior local maximum unless the boundary is better by more than its ``control$tol``
 #: (.Machine$double.eps^0.25 = 1.2e-4); on molloy2014 this happens in a handful of the 65,535 subsets.
 LL0_TOL = 1e-10
+#: metafor's margin (``rma.uni``'s default ``control$tol``), for exact parity with ``metafor::gosh``.
+METAFOR_LL0_TOL = np.finfo(float).eps ** 0.25
 
 GOSH_STATISTICS = ("estimate", "tau2", "I2", "Q")
 GOSH_SUMMARY_COLUMNS = ("model", "statistic", "n_subsets", "mean", "sd", "q05", "q50", "q95")
 #: Trailing columns of ``gosh_summary.csv``: the value on all k effects, how the subsets were chosen,
 #: how many subsets could not be fitted, and the estimate's quantiles back-transformed to r.
-GOSH_EXTRA_COLUMNS = ("full", "k", "subsets", "n_failed", "r_mean", "r_q05", "r_q50", "r_q95")
+GOSH_EXTRA_COLUMNS = ("full", "k", "subsets", "n_failed", "r_mean", "r_q05", "r_q50", "r_q95", "note")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -401,7 +403,7 @@ def _loglik_gap(batch: _Batch, t: np.ndarray, cols: np.ndarray, reml: bool) -> n
     return gap
 
 
-def _tau2_batch(batch: _Batch, method: str, max_iter: int) -> tuple[np.ndarray, int]:
+def _tau2_batch(batch: _Batch, method: str, max_iter: int, ll0_tol: float = LL0_TOL) -> tuple[np.ndarray, int]:
     """tau^2 of every subset of a batch (FE: 0); NaN where the iteration has not converged in
     ``max_iter`` steps.  Also returns the number of steps taken."""
     ks = batch.ks
@@ -430,7 +432,7 @@ def _tau2_batch(batch: _Batch, method: str, max_iter: int) -> tuple[np.ndarray, 
         inner = np.flatnonzero(sol > 0.0)  # NaN (unconverged) compares False
         if inner.size:
             gap = _loglik_gap(sub, sol[inner], inner, reml=method == "REML")
-            sol[inner[gap > LL0_TOL]] = 0.0
+            sol[inner[gap > ll0_tol]] = 0.0
     tau2[cols] = sol
     return tau2, steps
 
@@ -469,7 +471,14 @@ def _check_data(yi, vi) -> tuple[np.ndarray, np.ndarray]:
     return yi, vi
 
 
-def fit_subsets(yi, vi, packed: np.ndarray, method: str = "FE", batch_elements: int = BATCH_ELEMENTS) -> SubsetFits:
+def fit_subsets(
+    yi,
+    vi,
+    packed: np.ndarray,
+    method: str = "FE",
+    batch_elements: int = BATCH_ELEMENTS,
+    ll0_tol: float = LL0_TOL,
+) -> SubsetFits:
     """Fit ``method`` (FE DL HE HS SJ ML REML EB PM) to every subset in ``packed``.
 
     Parameters
@@ -483,6 +492,10 @@ def fit_subsets(yi, vi, packed: np.ndarray, method: str = "FE", batch_elements: 
     batch_elements : int
         Matrix entries per batch (memory and speed trade-off; the results do not depend on it
         beyond round-off of summation order inside BLAS).
+    ll0_tol : float
+        ML/REML: margin by which the log-likelihood at tau^2 = 0 must exceed that of an interior
+        solution to replace it (:data:`LL0_TOL`, the global maximum); ``METAFOR_LL0_TOL`` reproduces
+        metafor, which keeps the interior local maximum unless the boundary is better by more.
 
     Returns
     -------
@@ -511,7 +524,7 @@ def fit_subsets(yi, vi, packed: np.ndarray, method: str = "FE", batch_elements: 
         # unpack the transposed bytes: effects come out as rows, already contiguous
         M = np.unpackbits(packed[rows].T, axis=0, count=k, bitorder="little").astype(np.float64)
         batch = _Batch(M, data)
-        tau2, steps = _tau2_batch(batch, method, max_iter)
+        tau2, steps = _tau2_batch(batch, method, max_iter, ll0_tol)
         max_steps = max(max_steps, steps)
         for name, value in zip(names, _finish(batch, method, tau2), strict=True):
             out[name][rows] = value
@@ -680,16 +693,40 @@ def _describe(values: np.ndarray) -> dict:
     }
 
 
+def _note(res: GoshResult) -> str:
+    notes = (
+        []
+        if res.exact
+        else [f"{res.n_subsets:,} random subsets of {n_subsets_total(res.k, res.min_k):,} (seed {res.seed})"]
+    )
+    if res.n_failed:
+        notes.append(f"tau^2 did not converge in {res.n_failed:,} subsets (left out); try estimator DL or PM")
+    return "; ".join(notes)
+
+
+def gosh_summary_unavailable(methods, k: int, reason: str) -> pd.DataFrame:
+    """``gosh_summary.csv`` when no GOSH analysis is possible (e.g. k < 2): the same rows and
+    columns as :func:`gosh_summary_table`, no values, and ``reason`` in the ``note`` column."""
+    import pandas as pd
+
+    rows = [
+        {"model": m, "statistic": s, "n_subsets": 0, "k": k, "n_failed": 0, "note": reason}
+        for m in dict.fromkeys(x.upper() for x in methods)
+        for s in GOSH_STATISTICS
+    ]
+    return pd.DataFrame(rows, columns=[*GOSH_SUMMARY_COLUMNS, *GOSH_EXTRA_COLUMNS])
+
+
 def gosh_summary_table(results) -> pd.DataFrame:
     """``gosh_summary.csv``: the distribution of estimate, tau2, I2 and Q over the subsets.
 
     One row per model and statistic with columns :data:`GOSH_SUMMARY_COLUMNS` (``n_subsets`` counts
     the subsets with a value; ``sd`` with n - 1; quantiles as R's ``quantile`` type 7), then
     :data:`GOSH_EXTRA_COLUMNS`: ``full`` (the statistic on all k effects), ``k``, ``subsets``
-    (``all`` or ``random``), ``n_failed``, and for the estimate row the mean of the back-transformed
+    (``all`` or ``random``), ``n_failed``, for the estimate row the mean of the back-transformed
     estimates ``r_mean = mean(tanh(estimate))`` and the quantiles on the r scale (tanh of the Fisher-z
-    quantiles, which it preserves because it is monotone).  Meaningful for Fisher-z effects only; for
-    other effect measures ignore the ``r_*`` columns.
+    quantiles, which it preserves because it is monotone; meaningful for Fisher-z effects only), and
+    a plain-language ``note`` (subsets that could not be fitted, the seed of random subsets).
     """
     import pandas as pd
 
@@ -705,6 +742,7 @@ def gosh_summary_table(results) -> pd.DataFrame:
         ):
             row = {"model": res.method, "statistic": statistic, **_describe(values)}
             row.update(full=float(full), k=res.k, subsets="all" if res.exact else "random", n_failed=res.n_failed)
+            row["note"] = _note(res)
             if statistic == "estimate":
                 ok = values[np.isfinite(values)]
                 r_mean = float(np.mean(np.tanh(ok))) if ok.size else np.nan
