@@ -108,6 +108,10 @@ MAX_ITER = 2000
 #: the steps are Newton steps, so the error left after such a step is of the order of its square.
 ROOT_RTOL = 1e-12
 ROOT_ATOL = 1e-16
+#: A Newton step shorter than NEWTON_FINAL * (tau^2 + v) ends the iteration where the observed curvature
+#: is at least half the expected one: the error it leaves, of the order of its square relative to
+#: tau^2 + v, is below 1e-14 of that scale, so the step that would confirm it is not taken.
+NEWTON_FINAL = 1e-7
 #: Before a sign change brackets the root, a Newton step is taken only when it is shorter than
 #: NEWTON_TRUST * (tau^2 + min v): the weights 1/(v + tau^2) then change by at most this factor, so the
 #: local model holds and the step cannot jump over another local maximum; otherwise rma.uni's Fisher step.
@@ -369,6 +373,9 @@ def _solve_tau2(batch: _Batch, t0: np.ndarray, method: str, max_iter: int) -> tu
         f_in = (f_new > lo_a) & (f_new < hi_a)
         new = np.where(np.isnan(new), np.where(f_in, f_new, 0.5 * (np.maximum(lo_a, 0.0) + hi_a)), new)
         conv = np.abs(new - t) <= np.maximum(ROOT_RTOL * new, ROOT_ATOL)
+        # a short Newton step at a well-curved root leaves an error of the order of its square: done
+        took_newton = (new == n_new) & (np.abs(dU) >= 0.5 * info)
+        conv |= took_newton & (np.abs(newton) <= NEWTON_FINAL * (t + vref[c]))
         # U = 0 exactly, or the boundary: at t = 0 with U <= 0, or approaching it with no positive U seen
         exact = U == 0.0
         boundary = ((U0[c] <= 0) & (lo_a < 0) & (U < 0) & (t <= BOUNDARY_RTOL * vref[c])) | ((t == 0.0) & (U <= 0.0))

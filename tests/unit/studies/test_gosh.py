@@ -264,3 +264,14 @@ def test_bad_input():
         G.gosh([0.1, 0.2], [0.01, 0.0])
     with pytest.raises(ValueError, match="unknown tau"):
         G.fit_subsets([0.1, 0.2], [0.01, 0.02], G.all_subsets(2), "XX")
+
+
+def test_summary_notes_and_unavailable_table():
+    yi, vi = simulated(24, 3)
+    (res,) = G.gosh(yi, vi, ("DL",), subsets=2000, seed=17)
+    table = G.gosh_summary_table(res)
+    assert set(table["note"]) == {"2,000 random subsets of 16,777,215 (seed 17)"}
+    assert set(table["subsets"]) == {"random"}
+    empty = G.gosh_summary_unavailable(("FE", "REML"), 1, "k = 1: GOSH needs at least two effect sizes")
+    assert tuple(empty.columns) == tuple(table.columns)
+    assert len(empty) == 8 and (empty["n_subsets"] == 0).all() and empty["mean"].isna().all()
