@@ -394,20 +394,27 @@ def _solve_tau2(batch: _Batch, t0: np.ndarray, method: str, max_iter: int) -> tu
     return result, steps
 
 
-def _loglik_gap(batch: _Batch, t: np.ndarray, cols: np.ndarray, reml: bool) -> np.ndarray:
-    r"""log L(0) - log L(t) of the subsets ``cols`` (ML or REML; constants cancel):
+def _boundary_wins(batch: _Batch, t: np.ndarray, cols: np.ndarray, reml: bool, tol: float) -> np.ndarray:
+    r"""Whether log L(0) - log L(t) > ``tol`` for the subsets ``cols`` (ML or REML; constants cancel):
 
-    .. math:: \tfrac12\sum\log(1 + t w_i) + \tfrac12(Q(t) - Q(0)) \;[+ \tfrac12\log(S_1(t)/S_1(0))]
+    .. math:: \Delta = \tfrac12\sum\log(1 + t w_i) + \tfrac12(Q(t) - Q(0)) \;[+ \tfrac12\log(S_1(t)/S_1(0))]
+
+    Since :math:`x/(1 + x) \le \log(1 + x) \le x`, the sum of logs lies between :math:`t S_1(t)` and
+    :math:`t S_1(0)`; it is evaluated (one pass of logarithms) only for the subsets those bounds leave open.
     """
     vm = batch.vm[:, cols]
     S1, T1, U1 = batch.sums(t, 1, vm)[0]
     S1_0, T1_0, U1_0 = batch.G0[4:7, cols]
-    with np.errstate(divide="ignore"):
-        wm = 1.0 / vm  # w where included, 0 elsewhere
-    gap = 0.5 * np.log1p(t[None, :] * wm).sum(axis=0) + 0.5 * ((U1 - T1 * T1 / S1) - (U1_0 - T1_0 * T1_0 / S1_0))
+    rest = 0.5 * ((U1 - T1 * T1 / S1) - (U1_0 - T1_0 * T1_0 / S1_0))
     if reml:
-        gap += 0.5 * np.log(S1 / S1_0)
-    return gap
+        rest += 0.5 * np.log(S1 / S1_0)
+    wins = rest + 0.5 * t * S1 > tol
+    open_ = np.flatnonzero(~wins & (rest + 0.5 * t * S1_0 > tol))
+    if open_.size:
+        with np.errstate(divide="ignore"):
+            wm = 1.0 / vm[:, open_]  # w where included, 0 elsewhere
+        wins[open_] = rest[open_] + 0.5 * np.log1p(t[open_][None, :] * wm).sum(axis=0) > tol
+    return wins
 
 
 def _tau2_batch(batch: _Batch, method: str, max_iter: int, ll0_tol: float = LL0_TOL) -> tuple[np.ndarray, int]:
@@ -438,8 +445,7 @@ def _tau2_batch(batch: _Batch, method: str, max_iter: int, ll0_tol: float = LL0_
     if method in ("ML", "REML"):
         inner = np.flatnonzero(sol > 0.0)  # NaN (unconverged) compares False
         if inner.size:
-            gap = _loglik_gap(sub, sol[inner], inner, reml=method == "REML")
-            sol[inner[gap > ll0_tol]] = 0.0
+            sol[inner[_boundary_wins(sub, sol[inner], inner, method == "REML", ll0_tol)]] = 0.0
     tau2[cols] = sol
     return tau2, steps
 
