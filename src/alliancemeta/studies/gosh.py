@@ -91,9 +91,10 @@ if TYPE_CHECKING:
 #: Defaults of the pipeline settings ``meta.gosh_max_k`` and ``meta.gosh_subsets`` (SPEC §5).
 DEFAULT_MAX_K = 20
 DEFAULT_SUBSETS = 1_000_000
-#: Most subsets an exhaustive analysis may list (2^26 - 1 at k = 26): each subset's results take about
-#: 50 bytes, so more would exceed the memory budget; use random subsets instead.
-MAX_EXACT_SUBSETS = (1 << 26) - 1
+#: Most subsets an exhaustive analysis may list (all of k = 23): each subset's results take about 50 bytes
+#: per model plus the enumeration's work arrays, so more would break the 2 GiB memory budget; a larger
+#: ``meta.gosh_max_k`` is refused with a message to use random subsets.
+MAX_EXACT_SUBSETS = (1 << 23) - 1
 #: Matrix entries (effects x subsets) per batch: 2^17 doubles = 1 MiB per array, small enough to stay
 #: in the processor's cache across the dozen arrays of one Newton step.
 BATCH_ELEMENTS = 1 << 17
@@ -563,7 +564,7 @@ class GoshResult:
     """A GOSH analysis of one model: per-subset statistics, subsets ordered by size (as metafor).
 
     ``membership`` holds the subsets as packed bits; :meth:`incl` unpacks rows of it into metafor's
-    ``incl`` matrix.  ``full_*`` are the same statistics on all k effects (the reference point of
+    ``incl`` matrix.  ``full`` holds the same statistics on all k effects (the reference point of
     the figure).  ``exact`` says whether every subset was fitted or a random sample (``seed``).
     """
 
