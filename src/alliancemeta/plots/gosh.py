@@ -47,10 +47,13 @@ MODEL_LABELS = {
 }
 
 
-def _limits(x: np.ndarray, lo: float, hi: float, pad: float = 0.04) -> tuple[float, float]:
+def _limits(x: np.ndarray, lo: float, hi: float, min_span: float, pad: float = 0.04) -> tuple[float, float]:
+    """Axis limits around the finite values of ``x``, padded, at least ``min_span`` wide, within [lo, hi]."""
     x = x[np.isfinite(x)]
     a, b = (float(x.min()), float(x.max())) if x.size else (lo, hi)
-    span = max(b - a, 1e-3)
+    if b - a < min_span:
+        a, b = (a + b - min_span) / 2, (a + b + min_span) / 2
+    span = b - a
     return max(lo, a - pad * span), min(hi, b + pad * span)
 
 
@@ -129,9 +132,10 @@ def gosh_figure(results: Sequence[GoshResult], dataset: str = ""):
     if isinstance(results, GoshResult):
         results = (results,)
     results = tuple(results)
-    r_all = np.concatenate([np.tanh(res.estimate) for res in results])
-    xlim = _limits(r_all, -1.0, 1.0)
-    ylim = _limits(np.concatenate([res.I2 for res in results]), 0.0, 100.0)
+    # the ranges of every panel, the estimates on all k effects included
+    r_all = np.tanh(np.concatenate([np.r_[res.estimate, res.full.estimate] for res in results]))
+    xlim = _limits(r_all, -1.0, 1.0, min_span=0.02)
+    ylim = _limits(np.concatenate([np.r_[res.I2, res.full.I2] for res in results]), 0.0, 100.0, min_span=10.0)
     ylim = (ylim[0] - 0.01 * (ylim[1] - ylim[0]), ylim[1])  # I² = 0 stays visible above the axis
     synthetic = " — SYNTHETIC data" if dataset.endswith("_synthetic") else ""
     with plt.rc_context(STYLE):
