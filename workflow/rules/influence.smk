@@ -129,3 +129,38 @@ rule influence_multilevel:
 
 
 only_when("influence_multilevel", has_study_id)
+
+
+rule gosh:
+    input:
+        studies="data/processed/studies/{dataset}.csv",
+    output:
+        table=report(
+            "results/studies/{dataset}/tables/gosh_summary.csv",
+            caption="../report/gosh_table.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "GOSH summary"},
+        ),
+        pdf="results/studies/{dataset}/figures/gosh.pdf",
+        png=report(
+            "results/studies/{dataset}/figures/gosh.png",
+            caption="../report/gosh.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "figure": "GOSH plot"},
+        ),
+    log:
+        "logs/influence/gosh_{dataset}.log",
+    benchmark:
+        "benchmarks/out/gosh_{dataset}.tsv"
+    conda:
+        "../envs/alliancemeta.yaml"
+    params:
+        code=CODE,
+        study=study,
+        meta=SETTINGS.meta,
+        seed=SETTINGS.seed,
+        about=about_study,
+    script:
+        "../scripts/gosh.py"

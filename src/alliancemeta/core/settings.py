@@ -124,6 +124,8 @@ class MetaSettings(NamedTuple):
     che_rho: tuple[float, ...]
     thresholds: tuple[float, ...]
     distribution_n_boot: int
+    gosh_max_k: int
+    gosh_subsets: int
 
     @property
     def method(self) -> str:
@@ -146,7 +148,7 @@ class MetaSettings(NamedTuple):
         return cls(
             tuple(meta["estimators"]), tuple(meta["tests"]), float(meta["level"]), float(meta["aggregate_rho"]),
             tuple(float(r) for r in meta["che_rho"]), tuple(float(r) for r in meta["thresholds"]),
-            int(meta["distribution_n_boot"]),
+            int(meta["distribution_n_boot"]), int(meta["gosh_max_k"]), int(meta["gosh_subsets"]),
         )
 
 

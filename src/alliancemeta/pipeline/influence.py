@@ -15,9 +15,11 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from alliancemeta.core.seeds import derive_seed
 from alliancemeta.core.settings import Dataset, MetaSettings
 from alliancemeta.core.tables import write_csv
 from alliancemeta.pipeline.common import read_studies_table, year_of
+from alliancemeta.plots.gosh import gosh_figure
 from alliancemeta.plots.influence import (
     baujat_plot,
     cumulative_plot,
@@ -26,6 +28,13 @@ from alliancemeta.plots.influence import (
     leave1out_plot,
 )
 from alliancemeta.plots.style import save_figure, unavailable
+from alliancemeta.studies.gosh import (
+    GOSH_EXTRA_COLUMNS,
+    GOSH_SUMMARY_COLUMNS,
+    gosh,
+    gosh_summary_table,
+    gosh_summary_unavailable,
+)
 from alliancemeta.studies.influence.cumulative import cumul
 from alliancemeta.studies.influence.deletions import DeletionFits, deletion_fits
 from alliancemeta.studies.influence.diagnostics import baujat, hat_values, influence, leave1out
@@ -270,3 +279,34 @@ def write_influence_multilevel(studies, table, pdf, png, *, dataset: Dataset, me
     )  # fmt: skip
     write_csv(influence_multilevel_table(fit, inf), table, INFLUENCE_MULTILEVEL_COLUMNS)
     save_figure(influence_multilevel_plot(fit, inf, dataset.label), pdf, png)
+
+
+# --------------------------------------------------------------------------------------------------
+# GOSH
+# --------------------------------------------------------------------------------------------------
+
+
+def write_gosh(studies, table, pdf, png, *, dataset: Dataset, meta: MetaSettings, seed: int) -> None:
+    """``gosh_summary.csv`` and ``figures/gosh.{pdf,png}``: the equal-effects model and the headline estimator
+    fitted to every subset of the effects (k <= ``meta.gosh_max_k``) or to ``meta.gosh_subsets`` random ones.
+
+    ``seed`` is the config seed; the random subsets use ``derive_seed(seed, "gosh/<dataset>")``.  The effects
+    are treated as independent (as metafor's ``gosh()``, which accepts only ``rma.uni`` models).  With one
+    effect there is no subset to compare: the table holds empty rows with the reason and the figure says why.
+    """
+    frame = read_studies_table(studies)
+    yi, vi = frame["yi"].to_numpy(dtype=float), frame["vi"].to_numpy(dtype=float)
+    methods = ("FE", meta.method)
+    if yi.size < 2:
+        reason = f"k = {yi.size}: a GOSH plot needs at least two effect sizes"
+        log.warning("%s: %s", dataset.name, reason)
+        write_csv(gosh_summary_unavailable(methods, int(yi.size), reason), table,
+                  [*GOSH_SUMMARY_COLUMNS, *GOSH_EXTRA_COLUMNS])
+        save_figure(unavailable("GOSH plot", reason, dataset.label), pdf, png)
+        return
+    results = gosh(yi, vi, methods, max_k=meta.gosh_max_k, subsets=meta.gosh_subsets,
+                   seed=derive_seed(seed, f"gosh/{dataset.name}"))
+    log.info("%s: GOSH on %s subsets of k = %d (%s)", dataset.name, f"{results[0].n_subsets:,}", yi.size,
+             "all" if results[0].exact else "random")
+    write_csv(gosh_summary_table(results), table, [*GOSH_SUMMARY_COLUMNS, *GOSH_EXTRA_COLUMNS])
+    save_figure(gosh_figure(results, dataset.label), pdf, png)

@@ -94,6 +94,8 @@ REFERENCES = {
     "meta-analysis. *Research Synthesis Methods, 13*(6), 697–715.",
     "Mathur & VanderWeele, 2019": "Mathur, M. B., & VanderWeele, T. J. (2019). New metrics for meta-analyses of "
     "heterogeneous effects. *Statistics in Medicine, 38*(8), 1336–1342.",
+    "Olkin et al., 2012": "Olkin, I., Dahabreh, I. J., & Trikalinos, T. A. (2012). GOSH – a graphical display of "
+    "study heterogeneity. *Research Synthesis Methods, 3*(3), 214–223.",
     "Wang & Lee, 2019": "Wang, C.-C., & Lee, W.-C. (2019). A simple method to estimate prediction intervals and "
     "predictive distributions: Summarizing meta-analyses beyond means and confidence intervals. *Research Synthesis "
     "Methods, 10*(2), 255–266.",
@@ -297,6 +299,14 @@ def _methods_study(
             f"distances, covariance ratios; {_cite('Viechtbauer & Cheung, 2010')}) and by a cumulative meta-analysis"
             + ("; for the three-level model, each study was left out in turn." if nested else ".")
         )
+    if "gosh_summary" in tables:
+        g = tables["gosh_summary"]
+        if g["n_subsets"].max() > 0:
+            how = "every subset" if (g["subsets"] == "all").all() else f"{count(g['n_subsets'].max())} random subsets"
+            paras.append(
+                f"A GOSH analysis ({_cite('Olkin et al., 2012')}) fitted the equal-effects and the headline "
+                f"random-effects model to {how} of the effect sizes."
+            )
     if "bayes" in tables and bayes is not None:
         paras.append(
             f"A Bayesian random-effects model used the priors μ ~ {_prior(bayes.prior_mu)} and τ ~ "
@@ -494,6 +504,17 @@ def _results_study(tables, meta: MetaSettings) -> list[str]:
                 f"In the three-level model, {int(im['influential'].fillna(False).astype(bool).sum())} of "
                 f"{len(im)} studies were influential; leaving out one study at a time gave r between "
                 f"{bounded(loo.min())} and {bounded(loo.max())}."
+            )
+    if "gosh_summary" in tables:
+        g = tables["gosh_summary"]
+        est = g[(g["statistic"] == "estimate") & (g["model"] != "FE") & (g["n_subsets"] > 0)]
+        i2 = g[(g["statistic"] == "I2") & (g["model"] != "FE") & (g["n_subsets"] > 0)]
+        if len(est) and len(i2):
+            e, h = est.iloc[0], i2.iloc[0]
+            paras.append(
+                f"Across the {count(e['n_subsets'])} subsets of the GOSH analysis ({e['model']}), the middle 90% of "
+                f"pooled correlations lay between r = {bounded(e['r_q05'])} and {bounded(e['r_q95'])} and of I² "
+                f"between {h['q05']:.0f}% and {h['q95']:.0f}%."
             )
     if "bayes" in tables:
         bz = tables["bayes"]

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from alliancemeta.core.effects import escalc_cor
+from alliancemeta.core.seeds import derive_seed
 from alliancemeta.core.settings import Dataset
-from alliancemeta.pipeline.influence import FIGURES, write_influence, write_influence_figures
+from alliancemeta.pipeline.influence import FIGURES, write_gosh, write_influence, write_influence_figures
+from alliancemeta.studies.gosh import gosh
 from alliancemeta.studies.influence.deletions import (
     deletion_fits,
 )
@@ -161,3 +163,29 @@ def test_influence_figures_for_two_effect_sizes_say_why(tmp_path):
     write_influence_figures(studies, outputs, dataset=Dataset("tiny", True),
                             meta=meta_settings("REML", "knha"))
     assert all(pdf.exists() and png.exists() for pdf, png in outputs.values())
+
+
+def test_write_gosh_all_and_random_subsets_and_one_effect(tmp_path):
+    yi, vi = simulated(12, 4)
+    studies = tmp_path / "studies.csv"
+    pd.DataFrame({"study": [f"s{i}" for i in range(yi.size)], "yi": yi, "vi": vi}).to_csv(studies, index=False)
+    meta = meta_settings("DL", "z")._replace(gosh_max_k=12, gosh_subsets=500)
+    out = [tmp_path / n for n in ("g.csv", "g.pdf", "g.png")]
+    write_gosh(studies, *out, dataset=Dataset("toy", True), meta=meta, seed=3)
+    table = pd.read_csv(out[0])
+    assert table["model"].tolist() == ["FE"] * 4 + ["DL"] * 4
+    assert set(table["subsets"]) == {"all"} and set(table["n_subsets"]) == {2**12 - 1}
+    (_fe, dl) = gosh(yi, vi, ("FE", "DL"), max_k=12, subsets=500)
+    est = table.set_index(["model", "statistic"]).loc[("DL", "estimate")]
+    np.testing.assert_allclose([est["mean"], est["q95"]], [dl.estimate.mean(), np.quantile(dl.estimate, 0.95)])
+    assert out[1].read_bytes().startswith(b"%PDF") and out[2].read_bytes().startswith(b"\x89PNG")
+    # above gosh_max_k: gosh_subsets random subsets drawn from the seed derived for this dataset
+    write_gosh(studies, *out, dataset=Dataset("toy", True), meta=meta._replace(gosh_max_k=11), seed=3)
+    table = pd.read_csv(out[0])
+    assert set(table["subsets"]) == {"random"} and set(table["n_subsets"]) == {500}
+    assert f"(seed {derive_seed(3, 'gosh/toy')})" in table["note"].iloc[0]
+    # one effect: rows without values and the reason
+    pd.DataFrame({"study": ["a"], "yi": [0.2], "vi": [0.01]}).to_csv(studies, index=False)
+    write_gosh(studies, *out, dataset=Dataset("toy", True), meta=meta, seed=3)
+    table = pd.read_csv(out[0])
+    assert (table["n_subsets"] == 0).all() and table["note"].str.contains("k = 1").all()
