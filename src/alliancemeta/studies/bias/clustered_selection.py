@@ -630,16 +630,19 @@ class _Weights:
             studies = np.flatnonzero(sizes == size)
             self.by_size[int(size)] = (studies, order[starts[studies][:, None] + np.arange(size)[None, :]])
 
-    def draw(self, rng: np.random.Generator, m: int) -> np.ndarray:
-        if self.method == "exponential":
-            return rng.exponential(size=(m, self.J))[:, self.codes]
-        a = _first_stage(rng, m, self.J)
-        if self.method == "multinomial":
-            return a[:, self.codes].astype(float)
-        W = np.zeros((m, self.k))
-        for size, (studies, pos) in self.by_size.items():
-            draws = rng.multinomial(a[:, studies] * size, np.full(size, 1.0 / size))  # (m, n_s, size)
-            W[:, pos] = draws
+    def draw(self, rngs: list[np.random.Generator]) -> np.ndarray:
+        """One row of effect weights per generator (each replicate has its own random stream)."""
+        W = np.empty((len(rngs), self.k))
+        for r, rng in enumerate(rngs):
+            if self.method == "exponential":
+                W[r] = rng.exponential(size=self.J)[self.codes]
+                continue
+            a = _first_stage(rng, 1, self.J)[0]
+            if self.method == "multinomial":
+                W[r] = a[self.codes]
+                continue
+            for size, (studies, pos) in self.by_size.items():
+                W[r, pos] = rng.multinomial(a[studies] * size, np.full(size, 1.0 / size))  # (n_s, size)
         return W
 
 
@@ -677,18 +680,20 @@ def bootstrap_clustered_selmodel(
     full-sample estimate, :data:`BOOT_CHUNK` replicates at a time as stacked arrays; a replicate
     counts when it converges (:data:`BOOT_GTOL`) before its log tau^2 or log lambda passes
     :data:`LOG_LIMIT`.  ``studentized`` also computes each replicate's sandwich SE, ``bca`` the
-    leave-one-study-out jackknife.  Random draws come from ``numpy.random.default_rng(seed)`` in a
-    fixed order, so one seed gives bit-identical replicates.
+    leave-one-study-out jackknife.  Replicate b draws from its own generator, the b-th child of
+    ``numpy.random.SeedSequence(seed)``: one seed gives bit-identical replicates, however they are
+    batched.
     """
     if n_boot < 0:
         raise ValueError("n_boot must be >= 0")
     lik = _CompositeStep(fit.yi, fit.vi, fit.steps, fit.priors)
     weights = _Weights(fit.cluster, method)
-    rng = np.random.default_rng(seed)
+    # one independent stream per replicate, so the pseudo-samples do not depend on how they are batched
+    rngs = [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(n_boot)]
     est, se, ok = [], [], []
     for lo in range(0, n_boot, BOOT_CHUNK):
-        m = min(BOOT_CHUNK, n_boot - lo)
-        e, s, o = _refit(lik, fit.theta, weights.draw(rng, m), fit.cluster, studentized)
+        hi = min(n_boot, lo + BOOT_CHUNK)
+        e, s, o = _refit(lik, fit.theta, weights.draw(rngs[lo:hi]), fit.cluster, studentized)
         est.append(e)
         ok.append(o)
         if studentized:

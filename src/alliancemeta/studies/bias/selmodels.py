@@ -465,7 +465,7 @@ def selmodel(yi, vi, type: str, steps=None, X=None, level: float = 0.95) -> SelM
     lower = np.concatenate([np.full(p, -np.inf), [0.0], fam.delta_min])
     upper = np.concatenate([np.full(p, np.inf), [np.inf], fam.delta_max])
     theta0 = np.concatenate([ml.beta, [ml.tau2 + 0.001], fam.delta_init])
-    theta, free, iterations = _maximise_bounded(lik, theta0, lower, upper)
+    theta, free, iterations = _maximise_bounded(lik, theta0, lower, upper, CONT_GTOL, CONT_MAX_NEWTON)
     return _summarise(lik, ml, theta, free, iterations, type, level)
 
 
