@@ -74,8 +74,10 @@ NEWTON_SMALL_STEP = 1e-2
 #: ``.Machine$double.eps^0.25`` of ``delta.min`` or ``100 * .Machine$double.eps^0.25`` of ``delta.max``.
 BOUND_TOL_LOW = np.finfo(float).eps ** 0.25
 BOUND_TOL_HIGH = 100 * np.finfo(float).eps ** 0.25
-#: Quadrature: panel width in z and Gauss-Legendre nodes per panel (see the module docstring).
-QUAD_PANEL_WIDTH = 0.5
+#: Quadrature: panel width in z and Gauss-Legendre nodes per panel (see the module docstring).  The
+#: beta weight, up to p^(-1) or (1-p)^99 near the clipping points, needs the narrower panels.
+QUAD_PANEL_WIDTH = {"beta": 0.5}
+QUAD_PANEL_WIDTH_DEFAULT = 1.0
 QUAD_NODES = 16
 #: Outside [-L, L] the weights of the unclipped types equal their limits to double precision
 #: (1 - Phi(8.5) = 9.5e-18).
@@ -184,7 +186,7 @@ class _Quadrature:
     def __init__(self, family: _Family):
         pmin = family.pval_min
         L = float(stats.norm.isf(pmin)) if pmin > 0 else QUAD_L_UNCLIPPED
-        n_panels = int(np.ceil(2 * L / QUAD_PANEL_WIDTH))
+        n_panels = int(np.ceil(2 * L / QUAD_PANEL_WIDTH.get(family.name, QUAD_PANEL_WIDTH_DEFAULT)))
         edges = np.linspace(-L, L, n_panels + 1)
         x, w = np.polynomial.legendre.leggauss(QUAD_NODES)
         half = np.diff(edges) / 2
@@ -195,14 +197,6 @@ class _Quadrature:
         # the p-value at each node and in the two tails (z > L: p -> pmin or 0; z < -L: p -> 1 - pmin)
         self.p = np.clip(stats.norm.sf(self.z), pmin, 1 - pmin)
         self.p_tails = np.array([pmin, 1.0 - pmin])
-
-
-def _hermite(u: np.ndarray, order: int) -> list[np.ndarray]:
-    """Probabilists' Hermite polynomials He_0..He_order at u."""
-    out = [np.ones_like(u), u]
-    for n in range(1, order):
-        out.append(u * out[n] - n * out[n - 1])
-    return out[: order + 1]
 
 
 class _ContinuousLikelihood:
@@ -233,6 +227,7 @@ class _ContinuousLikelihood:
         pmin = family.pval_min
         self.pvals = np.clip(stats.norm.sf(yi / self.sig), pmin, 1 - pmin)
         self.n_theta = self.p + 1 + family.n_delta
+        self._last = None  # the last full evaluation (the optimum is evaluated again by the summary)
 
     def split(self, theta):
         p = self.p
@@ -240,6 +235,14 @@ class _ContinuousLikelihood:
 
     def evaluate(self, theta, order: int = 2):
         """(ll, gradient, Hessian); ``order`` 0 or 1 skips the derivatives not needed."""
+        if order == 2 and self._last is not None and np.array_equal(self._last[0], theta):
+            return self._last[1]
+        out = self._evaluate(np.asarray(theta, dtype=float), order)
+        if order == 2:
+            self._last = (np.array(theta, dtype=float), out)
+        return out
+
+    def _evaluate(self, theta, order: int):
         beta, tau2, delta = self.split(theta)
         fam, q = self.family, self.quad
         yi, X, sig = self.yi, self.X, self.sig
@@ -254,45 +257,67 @@ class _ContinuousLikelihood:
         w_n, w_t = np.exp(lw_n), np.exp(lw_t)
         # node densities (k, M) and tail probabilities (k, 2)
         u = (sig[:, None] * q.z[None, :] - mu[:, None]) / s[:, None]
-        D = (q.W[None, :] * np.exp(-0.5 * u * u)) * (sig / (s * np.sqrt(2 * np.pi)))[:, None]
+        D = np.exp(-0.5 * u * u)
+        D *= q.W[None, :]
+        D *= (sig / (s * np.sqrt(2 * np.pi)))[:, None]
         c = np.column_stack([(sig * q.L - mu) / s, (-sig * q.L - mu) / s])
         T = np.column_stack([special.ndtr(-c[:, 0]), special.ndtr(c[:, 1])])
-        A = D @ w_n + T @ w_t
+        nd = fam.n_delta
+        if order == 0:
+            A = D @ w_n + T @ w_t
+        else:
+            # columns: w, dw/ddelta (nd), d2w/ddelta2 (nd^2) at the nodes and in the tails
+            Wn = np.column_stack([w_n, w_n[:, None] * g_n])
+            Wt = np.column_stack([w_t, w_t[:, None] * g_t])
+            if order == 2:
+                Wn = np.column_stack(
+                    [Wn, (w_n[:, None, None] * (h_n + g_n[:, :, None] * g_n[:, None, :])).reshape(-1, nd * nd)]
+                )
+                Wt = np.column_stack(
+                    [Wt, (w_t[:, None, None] * (h_t + g_t[:, :, None] * g_t[:, None, :])).reshape(-1, nd * nd)]
+                )
+            # moments sum_m D u^j W_m (j = 0..4); the Hermite sums follow from them
+            Du = D * u
+            Du2 = Du * u
+            N0 = D @ Wn  # nodes only
+            M0 = N0 + T @ Wt  # with the tails: A and its delta derivatives
+            M1 = Du @ Wn[:, : 1 + nd]
+            M2 = Du2 @ Wn[:, : 1 + nd]
+            A = M0[:, 0]
         with np.errstate(divide="ignore"):
             ll = float(np.sum(lw_o - 0.5 * np.log(2 * np.pi * s2) - 0.5 * e * e / s2 - np.log(A)))
         if order == 0:
             return ll, None, None
-        He = _hermite(u, 4 if order == 2 else 2)
         phic = stats.norm.pdf(c)
         sgn = np.array([1.0, -1.0])  # the lower tail is Phi(c) = 1 - bar Phi(c)
         # tail derivatives: d/dmu barPhi(c) = phi/s, d/dV = phi c/(2 s^2), and second derivatives
         Tm = sgn * phic / s[:, None]
         TV = sgn * phic * c / (2 * s2[:, None])
-        dw_n = w_n[:, None] * g_n  # (M, d)
-        dw_t = w_t[:, None] * g_t
-        P1 = D * He[1]
-        P2 = D * He[2]
-        A_m = (P1 @ w_n) / s + Tm @ w_t
-        A_V = (P2 @ w_n) / (2 * s2) + TV @ w_t
-        A_d = D @ dw_n + T @ dw_t  # (k, d)
+        He1 = M1  # sum D He_1(u) W
+        He2 = M2 - N0[:, : 1 + nd]  # sum D He_2(u) W
+        A_m = He1[:, 0] / s + Tm @ w_t
+        A_V = He2[:, 0] / (2 * s2) + TV @ w_t
+        A_d = M0[:, 1 : 1 + nd]  # (k, d), tails included
         g_mu = e / s2 - A_m / A
         g_V = -0.5 / s2 + 0.5 * e * e / s2**2 - A_V / A
         g_d = g_o - A_d / A[:, None]
         grad = np.concatenate([X.T @ g_mu, [g_V.sum()], g_d.sum(axis=0)])
         if order == 1:
             return ll, grad, None
+        Du3 = Du2 * u
+        M3 = Du3 @ w_n
+        M4 = (Du3 * u) @ w_n
+        He3 = M3 - 3 * M1[:, 0]
+        He4 = M4 - 6 * M2[:, 0] + 3 * N0[:, 0]
         Tmm = sgn * phic * c / s2[:, None]
         TmV = sgn * phic * (c * c - 1) / (2 * s[:, None] ** 3)
         TVV = sgn * phic * c * (c * c - 3) / (4 * s2[:, None] ** 2)
-        d2w_n = w_n[:, None, None] * (h_n + g_n[:, :, None] * g_n[:, None, :])
-        d2w_t = w_t[:, None, None] * (h_t + g_t[:, :, None] * g_t[:, None, :])
-        nd = fam.n_delta
-        A_mm = (P2 @ w_n) / s2 + Tmm @ w_t
-        A_mV = ((D * He[3]) @ w_n) / (2 * s**3) + TmV @ w_t
-        A_VV = ((D * He[4]) @ w_n) / (4 * s2**2) + TVV @ w_t
-        A_md = (P1 @ dw_n) / s[:, None] + Tm @ dw_t
-        A_Vd = (P2 @ dw_n) / (2 * s2[:, None]) + TV @ dw_t
-        A_dd = (D @ d2w_n.reshape(-1, nd * nd) + T @ d2w_t.reshape(-1, nd * nd)).reshape(-1, nd, nd)
+        A_mm = He2[:, 0] / s2 + Tmm @ w_t
+        A_mV = He3 / (2 * s**3) + TmV @ w_t
+        A_VV = He4 / (4 * s2**2) + TVV @ w_t
+        A_md = He1[:, 1:] / s[:, None] + Tm @ Wt[:, 1 : 1 + nd]
+        A_Vd = He2[:, 1:] / (2 * s2[:, None]) + TV @ Wt[:, 1 : 1 + nd]
+        A_dd = M0[:, 1 + nd :].reshape(-1, nd, nd)
         h_mm = -1 / s2 - A_mm / A + A_m**2 / A**2
         h_mV = -e / s2**2 - A_mV / A + A_m * A_V / A**2
         h_VV = 0.5 / s2**2 - e * e / s2**3 - A_VV / A + A_V**2 / A**2
