@@ -283,7 +283,8 @@ def _newton_batch(lik: _CompositeStep, theta0, W, gtol, max_iter, fail_outside: 
         if active.size == 0:
             break
         th, Wa = theta[active], W[active]
-        ll, g, Hm, S = lik.evaluate(th, Wa, contributions=codes is not None)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # non-finite rows are handled below
+            ll, g, Hm, S = lik.evaluate(th, Wa, contributions=codes is not None)
         iters[active] += 1
         negH = -Hm
         finite = np.isfinite(ll) & np.all(np.isfinite(g), axis=1) & np.all(np.isfinite(Hm), axis=(1, 2))
@@ -312,7 +313,8 @@ def _newton_batch(lik: _CompositeStep, theta0, W, gtol, max_iter, fail_outside: 
         for _ in range(40):
             if not np.any(pending):
                 break
-            ll_new = lik.evaluate(new[pending], Wa[pending], order=0)[0]
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # a trial step may overshoot
+                ll_new = lik.evaluate(new[pending], Wa[pending], order=0)[0]
             ok = np.isfinite(ll_new) & (ll_new >= ll[pending])
             idx = np.flatnonzero(pending)
             pending[idx[ok]] = False

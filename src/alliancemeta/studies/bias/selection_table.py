@@ -22,7 +22,7 @@ from alliancemeta.studies.random_effects import ConvergenceError
 
 #: SPEC §5 columns, then the trailing extras.
 SELECTION_MODEL_COLUMNS = ("type", "estimate", "se", "ci_lb", "ci_ub", "tau2", "LRT", "LRT_pval", "delta")
-EXTRA_COLUMNS = ("k", "note", "ci_method", "n_studies", "n_boot", "ci_lb_sandwich", "ci_ub_sandwich")
+EXTRA_COLUMNS = ("k", "note", "ci_method", "se_tau2", "n_studies", "n_boot", "ci_lb_sandwich", "ci_ub_sandwich")
 #: Row type -> (metafor type, steps).
 TYPES = {
     "stepfun_3psm": ("stepfun", (0.025,)),
@@ -88,6 +88,7 @@ def _metafor_row(type_: str, yi, vi, level: float) -> dict:
         ci_lb=fit.ci_lb,
         ci_ub=fit.ci_ub,
         tau2=fit.tau2,
+        se_tau2=fit.se_tau2,
         LRT=fit.LRT,
         LRT_pval=fit.LRT_pval,
         delta=_delta_text(fit.delta),
@@ -127,6 +128,7 @@ def _clustered_row(type_, yi, vi, cluster, level, seed, n_boot, bootstrap, ci_ty
         ci_lb=ci_lb,
         ci_ub=ci_ub,
         tau2=fit.tau2,
+        se_tau2=fit.se_tau2,
         delta=_delta_text(fit.delta),
         n_studies=n_studies,
         n_boot=n_ok,
@@ -152,8 +154,9 @@ def selection_models_table(
     Columns ``type, estimate, se, ci_lb, ci_ub, tau2, LRT, LRT_pval, delta`` (the adjusted
     effect on the effect-size scale, Fisher z here; ``delta`` the selection parameters joined by
     ``;`` with 17 significant digits, for ``stepfun`` and the clustered rows including the first
-    weight, fixed at 1) and the trailing ``k, note, ci_method, n_studies, n_boot, ci_lb_sandwich,
-    ci_ub_sandwich``.
+    weight, fixed at 1) and the trailing ``k, note, ci_method, se_tau2, n_studies, n_boot,
+    ci_lb_sandwich, ci_ub_sandwich`` (``se_tau2``: observed-information SE of tau2, or for the clustered
+    rows the sandwich SE by the delta method; ``n_boot``: converged bootstrap replicates).
 
     - ``stepfun_3psm``, ``stepfun_4psm``, ``beta``, ``halfnorm``, ``negexp``, ``logistic``,
       ``power``: :func:`~alliancemeta.studies.bias.selmodels.selmodel` (metafor's ``selmodel``
