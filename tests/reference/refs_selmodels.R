@@ -7,7 +7,7 @@
 #   - hackshaw1998 (metadat::dat.hackshaw1998, log odds ratios as stored, k = 37),
 #   - bangertdrowns2004 (metadat::dat.bangertdrowns2004, SMDs as stored, k = 48).
 # Sourced by make_refs.R after common.R; run from the repository root. Writes tests/reference/selmodels.json.
-# About 40 minutes (the accurate integrals below are slow in R for k = 401 and k = 160).
+# About an hour on an idle core (the accurate integrals below are slow in R for k = 401 and k = 160).
 #
 # Why the values are refined: selmodel() optimises with optim(BFGS) (default) or nlminb and finite differences,
 # stopping 1e-5 to 1e-8 (relative) short of the maximum, and for the continuous weight functions it integrates
@@ -18,8 +18,10 @@
 # Newton steps (numDeriv gradient and Hessian in standardised coordinates, see refine()) on
 # metafor's own likelihood -- .selmodel.ll.stepfun for the step function (closed form), and for the continuous
 # weights the same formula as .selmodel.ll.cont with metafor's integrand (.selmodel.int, the model's wi.fun and
-# pval.min) integrated piecewise over (-Inf, -L sei], [-L sei, L sei], [L sei, Inf) at rel.tol 1e-12, with
-# L = qnorm(pval.min, lower.tail = FALSE) where the p-value is clipped (beta, power) and L = 8.5 otherwise.
+# pval.min) integrated over [-L sei, L sei] at rel.tol 1e-12, with L = qnorm(pval.min, lower.tail = FALSE) where the
+# p-value is clipped (beta, power) and L = 8.5 otherwise; beyond +-L sei the weight is constant (clipped p-value) or
+# equal to its limit to double precision (1 - pnorm(8.5) = 9.5e-18), so the two tails are wi.fun at the limiting
+# p-value times a normal tail probability.
 # A parameter whose refined value leaves its bound (delta below delta.min, tau2 below 0) is held at the bound and
 # the others are refined again (`at_bound`); standard errors then come from the Hessian of the free parameters.
 # metafor's own fits are kept under `metafor_nlminb` (control=list(optimizer="nlminb")) and `metafor_default`.
@@ -74,55 +76,68 @@ selmodel_negll <- function(sm) {
     })
   }
   L <- if (sm$pval.min > 0) qnorm(sm$pval.min, lower.tail = FALSE) else 8.5
+  p_hi <- sm$pval.min       # the p-value beyond +L sei (clipped, or its limit 0)
+  p_lo <- 1 - sm$pval.min   # and beyond -L sei
   sei <- sqrt(vi)
   function(par) {
     beta <- par[seq_len(p)]
     tau2 <- par[p + 1]
     delta <- par[p + 1 + seq_len(nd)]
     yhat <- c(X %*% beta)
-    piece <- function(i, a, b) {
-      integrate(metafor:::.selmodel.int, a, b, yi = yi[i], vi = vi[i], preci = 1, yhat = yhat[i],
+    s <- sqrt(vi + tau2)
+    middle <- vapply(seq_len(k), function(i) {
+      integrate(metafor:::.selmodel.int, -L * sei[i], L * sei[i], yi = yi[i], vi = vi[i], preci = 1, yhat = yhat[i],
                 wi.fun = sm$wi.fun, delta = delta, tau2 = tau2, alternative = sm$alternative,
                 pval.min = sm$pval.min, steps = sm$steps, rel.tol = INT_RTOL, subdivisions = 1000L)$value
-    }
-    Ai <- vapply(seq_len(k), function(i) {
-      piece(i, -Inf, -L * sei[i]) + piece(i, -L * sei[i], L * sei[i]) + piece(i, L * sei[i], Inf)
     }, numeric(1))
+    w_hi <- sm$wi.fun(p_hi, delta, yi, vi, 1, sm$alternative, sm$steps)
+    w_lo <- sm$wi.fun(p_lo, delta, yi, vi, 1, sm$alternative, sm$steps)
+    Ai <- middle + w_hi * pnorm(L * sei, yhat, s, lower.tail = FALSE) + w_lo * pnorm(-L * sei, yhat, s)
     -sum(log(sm$wi.fun(sm$pvals, delta, yi, vi, 1, sm$alternative, sm$steps)) +
-           dnorm(yi, yhat, sqrt(vi + tau2), log = TRUE) - log(Ai))
+           dnorm(yi, yhat, s, log = TRUE) - log(Ai))
   }
 }
 
 # Newton refinement of x over the parameters not held at a bound; see the header. Derivatives are taken in
-# standardised coordinates z = 1 + (x - x0) / sc, with sc the standard errors from a first Hessian, and steps of
-# d = 0.05 (Richardson r = 4, so 0.05 down to 0.006 standard errors): parameters of very different size (beta ~ 0.1,
-# tau2 ~ 0.005, a delta of 0.002) are then differenced alike, and far from the round-off in the log-likelihood.
+# standardised coordinates z = 1 + (x - x0) / sc, with sc metafor's standard errors (or those of a first Hessian),
+# and steps of d = 0.05 (Richardson r = 4, so 0.05 down to 0.006 standard errors): parameters of very different size
+# (beta ~ 0.1, tau2 ~ 0.005, a delta of 0.002) are then differenced alike, and far from the round-off in the
+# log-likelihood. The Newton steps use a cheaper Hessian (r = 2) until they move less than 1e-9 standard errors; a
+# last step uses the accurate one (r = 4), whose inverse gives the standard errors. The scaled gradient (|g| times
+# the standard error) at the end is stored as evidence of convergence.
 ND <- list(d = 0.05, r = 4)
-refine <- function(f, x, lower, newton_steps = 4) {
+ND2 <- list(d = 0.05, r = 2)  # for the Hessians that only steer Newton steps
+refine <- function(f, x, lower, sc0 = NULL, max_steps = 10) {
   free <- rep(TRUE, length(x))
   for (attempt in seq_along(x)) {
     x0 <- x
-    H0 <- numDeriv::hessian(function(z) { y <- x0; y[free] <- z; f(y) }, x0[free])
-    sc <- sqrt(abs(diag(solve(H0))))
+    sc <- sc0[free]
+    if (is.null(sc) || any(!is.finite(sc)) || any(sc <= 0)) {
+      H0 <- numDeriv::hessian(function(z) { y <- x0; y[free] <- z; f(y) }, x0[free], method.args = list(r = 2))
+      sc <- sqrt(abs(diag(solve(H0))))
+    }
     fz <- function(z) { y <- x0; y[free] <- x0[free] + (z - 1) * sc; f(y) }
     z <- rep(1, sum(free))
-    H <- numDeriv::hessian(fz, z, method.args = ND)
-    for (i in seq_len(newton_steps)) z <- z - solve(H, numDeriv::grad(fz, z, method.args = ND))
+    H <- numDeriv::hessian(fz, z, method.args = ND2)
+    for (i in seq_len(max_steps)) {
+      dz <- solve(H, numDeriv::grad(fz, z, method.args = ND))
+      z <- z - dz
+      if (max(abs(dz)) < 1e-9) break
+    }
     x[free] <- x0[free] + (z - 1) * sc
     out <- free & (x < lower)
     if (!any(out)) break
     x[out] <- lower[out]
     free <- free & !out
+    sc0 <- NULL
   }
+  # a last Newton step with the accurate Hessian, which also gives the standard errors
   x0 <- x
   fz <- function(z) { y <- x0; y[free] <- x0[free] + (z - 1) * sc; f(y) }
-  z <- rep(1, sum(free))
-  H <- numDeriv::hessian(fz, z, method.args = ND)
-  z <- z - solve(H, numDeriv::grad(fz, z, method.args = ND))
-  x[free] <- x0[free] + (z - 1) * sc
-  x0 <- x
   H <- numDeriv::hessian(fz, rep(1, sum(free)), method.args = ND)
-  g <- numDeriv::grad(fz, rep(1, sum(free)), method.args = ND)
+  z <- 1 - solve(H, numDeriv::grad(fz, rep(1, sum(free)), method.args = ND))
+  x[free] <- x0[free] + (z - 1) * sc
+  g <- numDeriv::grad(fz, z, method.args = ND)
   vz <- solve(H)
   vcov <- matrix(NA_real_, length(x), length(x))
   vcov[free, free] <- diag(sc, nrow = length(sc)) %*% vz %*% diag(sc, nrow = length(sc))
@@ -161,7 +176,8 @@ run_case <- function(setup, type_args) {
   est <- if (sm$type == "stepfun") -1 else seq_len(sm$deltas)  # stepfun: delta_1 = 1 is fixed
   x0 <- c(c(sm$beta), sm$tau2, sm$delta[est])
   lower <- c(rep(-Inf, p), 0, sm$delta.min[est])
-  rf <- refine(f, x0, lower)
+  sc0 <- c(unname(sm$se), sm$se.tau2, sm$se.delta[est])  # metafor's standard errors, when it has them
+  rf <- refine(f, x0, lower, sc0 = if (length(sc0) == length(x0)) sc0 else NULL)
   x <- rf$x
   se <- sqrt(diag(rf$vcov))
   delta <- if (sm$type == "stepfun") c(1, x[-seq_len(p + 1)]) else x[-seq_len(p + 1)]
@@ -201,6 +217,18 @@ run_case <- function(setup, type_args) {
 only <- Sys.getenv("REFS_SELMODELS_ONLY")  # e.g. "molloy2014" while developing; empty = all datasets
 if (nzchar(only)) SETUPS <- SETUPS[intersect(names(SETUPS), strsplit(only, ",")[[1]])]
 
+# REFS_SELMODELS_CACHE (a directory) keeps each finished case, so an interrupted run resumes where it stopped.
+cache_dir <- Sys.getenv("REFS_SELMODELS_CACHE")
+cached_case <- function(key, make) {
+  if (!nzchar(cache_dir)) return(make())
+  path <- file.path(cache_dir, paste0(gsub("/", "__", key), ".rds"))
+  if (file.exists(path)) return(readRDS(path))
+  value <- make()
+  dir.create(cache_dir, showWarnings = FALSE, recursive = TRUE)
+  saveRDS(value, path)
+  value
+}
+
 datasets <- list()
 cases <- list()
 for (name in names(SETUPS)) {
@@ -209,7 +237,8 @@ for (name in names(SETUPS)) {
   datasets[[name]] <- list(setup = SETUPS[[name]], yi = I(as.numeric(env$dat$yi)), vi = I(as.numeric(env$dat$vi)))
   for (type in names(TYPES)) {
     t0 <- proc.time()[["elapsed"]]
-    cases[[paste(name, type, sep = "/")]] <- c(list(dataset = name, type = type), run_case(SETUPS[[name]], TYPES[[type]]))
+    key <- paste(name, type, sep = "/")
+    cases[[key]] <- cached_case(key, function() c(list(dataset = name, type = type), run_case(SETUPS[[name]], TYPES[[type]])))
     message(sprintf("refs_selmodels.R: %s %s (%.0f s)", name, type, proc.time()[["elapsed"]] - t0))
   }
 }
