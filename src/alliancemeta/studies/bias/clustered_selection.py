@@ -61,7 +61,7 @@ BOOT_MAX_NEWTON = 60
 SMALL_STEP = 1e-2
 #: Replicates refitted together (memory ~ 40 arrays of BOOT_CHUNK x k doubles).
 BOOT_CHUNK = 128
-#: A bootstrap refit whose log tau^2 or log lambda leaves [-LOG_LIMIT, LOG_LIMIT] is diverging to a
+#: A fit or refit whose log tau^2 or log lambda leaves [-LOG_LIMIT, LOG_LIMIT] is diverging to a
 #: boundary (tau^2 -> 0 or a weight -> 0 or infinity): it counts as not converged, as in metaselection.
 LOG_LIMIT = 30.0
 BOOTSTRAP_METHODS = ("two-stage", "multinomial", "exponential")
@@ -80,9 +80,11 @@ class SelectionPriors:
         p_\gamma = \tfrac{\alpha}{2}\gamma - \frac{\alpha}{\tau_{mode}} e^{\gamma/2}, \qquad
         p_\zeta = -c_\lambda \sum (\zeta_h - \log\lambda_{mode})^{L_\lambda}
 
-    (the :math:`\gamma` penalty is a :math:`\Gamma(\alpha + 1, \alpha/\tau_{mode})`-type prior on
-    :math:`\tau`, Chung et al. 2013).  The defaults were set for standardised mean differences; on
-    the Fisher-z scale they are weaker still (see the notes on the alliance data).
+    (the :math:`\gamma` penalty is the log density, on the :math:`\gamma = 2\log\tau` scale, of a gamma
+    prior on :math:`\tau` with shape :math:`\alpha` and rate :math:`\alpha/\tau_{mode}`, largest at
+    :math:`\tau = \tau_{mode}`; Chung et al. 2013).  The defaults were set for standardised mean
+    differences; on the bundled SYNTHETIC alliance data (Fisher z, 401 effects in 295 studies) they move
+    the 3PSM estimate by 1.1e-4, a hundredth of its standard error.
     """
 
     beta_mean: float = 0.0
@@ -459,7 +461,7 @@ def clustered_selmodel(
         raise ValueError(f"no effect size has a one-sided p-value in {', '.join(empty)}: its weight is not identified")
     W = np.ones((1, k))
     theta, ok, iters, vc = _newton_batch(
-        lik, _start(yi, vi, H)[None, :], W, CLUSTER_GTOL, CLUSTER_MAX_NEWTON, None, codes
+        lik, _start(yi, vi, H)[None, :], W, CLUSTER_GTOL, CLUSTER_MAX_NEWTON, LOG_LIMIT, codes
     )
     if not ok[0]:
         what = "penalised " if priors is not None else ""
