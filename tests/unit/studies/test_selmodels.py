@@ -251,3 +251,23 @@ def test_clustered_rows_only_when_clusters_group_rows():
     assert list(t.index[-2:]) == ["clustered_3psm", "clustered_4psm"]
     assert t.loc["clustered_3psm", "n_studies"] == 8 and t.loc["clustered_3psm", "ci_method"] == "sandwich"
     assert np.isnan(t.loc["clustered_3psm", "LRT"])
+
+
+class _Saddle:
+    """ll(x, y) = -x^2 + y^2 - y^4: a saddle at the origin, maxima at y = +-1/sqrt(2)."""
+
+    def evaluate(self, theta, order=2):
+        x, y = theta
+        ll = -(x**2) + y**2 - y**4
+        g = np.array([-2 * x, 2 * y - 4 * y**3])
+        H = np.array([[-2.0, 0.0], [0.0, 2 - 12 * y**2]])
+        return ll, (g if order else None), (H if order == 2 else None)
+
+
+def test_optimiser_leaves_a_saddle_point():
+    """Started at a stationary point that is not a maximum, the optimiser moves along negative curvature
+    (hackshaw1998's beta model has such a saddle on the way from metafor's starting values)."""
+    bounds = np.full(2, -np.inf), np.full(2, np.inf)
+    theta, free, _ = selmodels._maximise_bounded(_Saddle(), np.zeros(2), *bounds)
+    np.testing.assert_allclose(np.abs(theta), [0.0, 1 / np.sqrt(2)], atol=1e-9)
+    assert free.all()

@@ -359,7 +359,9 @@ def _maximise_bounded(lik, theta0, lower, upper, gtol: float = CONT_GTOL, max_it
         if not np.any(free):
             return theta, free, it
         Hf, gf = H[np.ix_(free, free)], g[free]
-        if np.all(np.linalg.eigvalsh(-Hf) > 0):
+        eig, vec = np.linalg.eigh(-Hf)
+        D = np.maximum(np.abs(np.diag(Hf)), np.finfo(float).tiny)
+        if eig[0] > 0:
             cov = np.linalg.inv(-Hf)
             se = np.sqrt(np.diag(cov))
             if np.all(np.abs(gf) * se <= gtol):
@@ -369,7 +371,10 @@ def _maximise_bounded(lik, theta0, lower, upper, gtol: float = CONT_GTOL, max_it
                 theta = theta.copy()
                 theta[free] = np.clip(theta[free] + newton, lower[free], upper[free])
                 continue
-        D = np.maximum(np.abs(np.diag(Hf)), np.finfo(float).tiny)
+        elif np.all(np.abs(gf) / np.sqrt(D) <= gtol):
+            # a stationary point that is not a maximum (a saddle): leave it along negative curvature
+            theta = _escape_saddle(lik, theta, free, ll, eig[0], vec[:, 0], lower, upper)
+            continue
         for _ in range(80):
             try:
                 step = np.linalg.solve(-Hf + lam * np.diag(D), gf)
@@ -379,15 +384,35 @@ def _maximise_bounded(lik, theta0, lower, upper, gtol: float = CONT_GTOL, max_it
             new = theta.copy()
             new[free] = np.clip(theta[free] + step, lower[free], upper[free])
             ll_new = lik.evaluate(new, order=0)[0]
-            lam_ok = np.isfinite(ll_new) and ll_new > ll
-            if lam_ok:
+            if np.isfinite(ll_new) and ll_new > ll:
                 theta = new
                 lam = max(lam / 10.0, 1e-12)
                 break
             lam *= 10.0
         else:
-            raise ConvergenceError("no step increases the log-likelihood (a flat or ill-posed likelihood)")
+            if eig[0] > 0:
+                raise ConvergenceError("no step increases the log-likelihood (a flat or ill-posed likelihood)")
+            theta = _escape_saddle(lik, theta, free, ll, eig[0], vec[:, 0], lower, upper)
     raise ConvergenceError(f"no optimum within {max_iter} Newton iterations")
+
+
+def _escape_saddle(lik, theta, free, ll, eig_min, direction, lower, upper):
+    """Step from a saddle point along the direction of negative curvature, to whichever side is higher.
+
+    Trial steps are multiples of :math:`1/\\sqrt{|\\lambda_{min}|}` (the distance over which the
+    log-likelihood would rise by 1/2 along that direction if it were quadratic), both ways.
+    """
+    scale = 1.0 / np.sqrt(abs(eig_min))
+    best, best_ll = None, ll
+    for t in scale * np.array([1.0, -1.0, 2.0, -2.0, 4.0, -4.0, 0.5, -0.5, 8.0, -8.0, 0.25, -0.25]):
+        cand = theta.copy()
+        cand[free] = np.clip(theta[free] + t * direction, lower[free], upper[free])
+        cand_ll = lik.evaluate(cand, order=0)[0]
+        if np.isfinite(cand_ll) and cand_ll > best_ll:
+            best, best_ll = cand, cand_ll
+    if best is None:
+        raise ConvergenceError("stuck at a saddle point of the log-likelihood (no direction of ascent found)")
+    return best
 
 
 def _at_bound_delta(delta, dmin, dmax) -> bool:
