@@ -5,6 +5,7 @@ NaN-with-note paths (the R comparison is tests/reference/test_selmodels_referenc
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import numpy as np
@@ -72,24 +73,25 @@ def test_log_weights_match_metafor_definitions_and_derivatives(name):
 
 
 def brute_force_A(name, delta, mu, vi, tau2):
-    """A_i by adaptive quadrature over y, split where the clipped weight has its kinks."""
+    """A_i by adaptive quadrature over y, split where the clipped weight has its kinks (scalar math for speed)."""
     fam = FAMILIES[name]
-    sig, s = np.sqrt(vi), np.sqrt(vi + tau2)
+    sig, s = math.sqrt(vi), math.sqrt(vi + tau2)
+    pmin = fam.pval_min
 
     def f(y):
-        p = np.clip(stats.norm.sf(y / sig), fam.pval_min, 1 - fam.pval_min)
-        return metafor_weight(name, p, delta) * stats.norm.pdf(y, mu, s)
+        p = min(max(0.5 * math.erfc(y / sig / math.sqrt(2)), pmin), 1 - pmin)
+        return metafor_weight(name, p, delta) * math.exp(-0.5 * ((y - mu) / s) ** 2) / (s * math.sqrt(2 * math.pi))
 
-    L = stats.norm.isf(fam.pval_min) if fam.pval_min > 0 else 8.5
+    L = stats.norm.isf(pmin) if pmin > 0 else 8.5
     cuts = [-np.inf, -L * sig, mu, L * sig, np.inf] if abs(mu) < L * sig else [-np.inf, -L * sig, L * sig, np.inf]
     return sum(integrate.quad(f, a, b, epsabs=0, epsrel=1e-13, limit=400)[0] for a, b in itertools.pairwise(cuts))
 
 
 def check_against_brute_force(name, deltas, params):
-    yi = np.array([0.31, -0.05, 0.9, 0.12])
-    vi = np.array([1 / 97, 1 / 17, 1 / 1200, 1 / 40])
+    yi = np.array([0.31, -0.05, 0.9])
+    vi = np.array([1 / 97, 1 / 17, 1 / 1200])
     fam = FAMILIES[name]
-    lik = _ContinuousLikelihood(yi, vi, np.ones((4, 1)), fam)
+    lik = _ContinuousLikelihood(yi, vi, np.ones((3, 1)), fam)
     for d in deltas:
         for mu, tau2 in params:
             theta = np.concatenate([[mu, tau2], d])
@@ -102,16 +104,14 @@ def check_against_brute_force(name, deltas, params):
             assert ll == pytest.approx(direct, rel=QUAD_RTOL, abs=QUAD_RTOL)
 
 
+#: Extreme weights for the brute-force check: delta at metafor's bounds (beta: p^(-1) and (1-p)^99 near the
+#: clipping points, the hardest integrands).
+EXTREME = {"beta": (1e-5, 100.0), "halfnorm": (100.0,), "negexp": (100.0,), "logistic": (100.0,), "power": (100.0,)}
+
+
 @pytest.mark.parametrize("name", CONTINUOUS)
 def test_likelihood_equals_brute_force_integration(name):
-    check_against_brute_force(name, DELTAS[name][:1], [(0.2, 0.01)])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", CONTINUOUS)
-def test_likelihood_equals_brute_force_integration_grid(name):
-    extreme = [(1e-5, 1e-5), (5.0, 1e-5), (1e-5, 100.0)] if name == "beta" else [(0.0,), (100.0,)]
-    check_against_brute_force(name, DELTAS[name] + extreme, [(0.2, 0.01), (-0.4, 0.3), (1.5, 0.0)])
+    check_against_brute_force(name, [*DELTAS[name], EXTREME[name]], [(0.2, 0.01), (-0.4, 0.3), (1.5, 0.0)])
 
 
 @pytest.mark.parametrize("name", CONTINUOUS)
@@ -145,15 +145,18 @@ def test_no_selection_gives_the_ml_random_effects_likelihood(name):
     assert ll == pytest.approx(ll0, rel=1e-13)
 
 
-def test_stepfun_is_selection_py():
+def test_stepfun_agrees_with_selection_py():
+    """The same likelihood as selection.selmodel_stepfun (the publication_bias.csv 3PSM), another optimiser."""
     yi, vi = molloy()
     fit = selmodel(yi, vi, "stepfun", steps=(0.025,))
     ref = selmodel_stepfun(random_effects(yi, vi, method="ML"), steps=(0.025,))
-    assert fit.beta == ref.beta and fit.se == ref.se and fit.LRT == ref.LRT
-    np.testing.assert_array_equal(fit.delta, ref.delta)
+    assert fit.beta == pytest.approx(ref.beta, rel=1e-9) and fit.se == pytest.approx(ref.se, rel=1e-8)
+    assert fit.LRT == pytest.approx(ref.LRT, rel=1e-9)
+    np.testing.assert_allclose(fit.delta, ref.delta, rtol=1e-8)
+    np.testing.assert_array_equal(fit.counts, ref.counts)
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(scale=st.floats(0.2, 5.0), name=st.sampled_from(("beta", "power", "stepfun")), seed=st.integers(0, 2**16))
 def test_scale_and_order_invariance(scale, name, seed):
     """p-values depend on y / sqrt(v) only: scaling y and sqrt(v) by c scales beta by c and tau2 by c^2,

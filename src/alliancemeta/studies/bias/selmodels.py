@@ -43,21 +43,22 @@ the weight equals its limit to double precision), so the two tails are normal pr
 closed form and composite Gauss-Legendre quadrature covers :math:`[-L, L]`; checked against
 adaptive quadrature at 1e-13 to a relative 3e-13 (``tests/unit/studies/test_selmodels.py``).
 
-The step function (``stepfun``) has a closed-form :math:`A_i`; it is fitted by
-:func:`alliancemeta.studies.bias.selection.selmodel_stepfun` and reported through the same result
-object.
+The step function (``stepfun``) has a closed-form :math:`A_i`: its likelihood and analytic derivatives
+are :class:`alliancemeta.studies.bias.selection._StepLikelihood` (the 3PSM of ``publication_bias.csv``),
+maximised by the same bounded Newton method as the other types (:func:`_maximise_bounded`, which also
+converges where :func:`~alliancemeta.studies.bias.selection.selmodel_stepfun`'s optimiser stalls, e.g. on
+molloy2014 with y and its standard errors scaled by 2.34).
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import special, stats
 
 from alliancemeta.studies.bias.common import _arrays
-from alliancemeta.studies.bias.selection import SelectionModel, _ml_loglik, selmodel_stepfun
+from alliancemeta.studies.bias.selection import _ml_loglik, _StepLikelihood
 from alliancemeta.studies.random_effects import ConvergenceError, MetaFit, random_effects
 
 #: The weight functions of metafor's ``selmodel`` implemented here (``type=`` values).
@@ -74,6 +75,8 @@ NEWTON_SMALL_STEP = 1e-2
 #: ``.Machine$double.eps^0.25`` of ``delta.min`` or ``100 * .Machine$double.eps^0.25`` of ``delta.max``.
 BOUND_TOL_LOW = np.finfo(float).eps ** 0.25
 BOUND_TOL_HIGH = 100 * np.finfo(float).eps ** 0.25
+#: Bounds on the step function's weights (metafor's delta.min, delta.max for stepfun).
+STEP_DELTA_MIN, STEP_DELTA_MAX = 0.0, 100.0
 #: Quadrature: panel width in z and Gauss-Legendre nodes per panel (see the module docstring).  The
 #: beta weight, up to p^(-1) or (1-p)^99 near the clipping points, needs the narrower panels.
 QUAD_PANEL_WIDTH = {"beta": 0.5}
@@ -420,40 +423,6 @@ def _at_bound_delta(delta, dmin, dmax) -> bool:
     return bool(np.any(delta <= dmin + BOUND_TOL_LOW) or np.any(delta >= dmax - BOUND_TOL_HIGH))
 
 
-def _from_stepfun(sm: SelectionModel, k: int, level: float, betas: np.ndarray) -> SelModelFit:
-    at = []
-    if sm.tau2 <= 0:
-        at.append("tau2")
-    if _at_bound_delta(sm.delta[1:], 0.0, 100.0):
-        at.append("delta")
-    return SelModelFit(
-        type="stepfun",
-        beta=sm.beta,
-        se=sm.se,
-        zval=sm.zval,
-        pval=sm.pval,
-        ci_lb=sm.ci_lb,
-        ci_ub=sm.ci_ub,
-        tau2=sm.tau2,
-        se_tau2=sm.se_tau2,
-        delta=np.asarray(sm.delta, dtype=float),
-        se_delta=np.asarray(sm.se_delta, dtype=float),
-        ll=sm.ll,
-        ll0=sm.ll0,
-        LRT=sm.LRT,
-        LRT_df=sm.LRT_df,
-        LRT_pval=sm.LRT_pval,
-        k=k,
-        level=level,
-        steps=sm.steps,
-        counts=np.asarray(sm.counts),
-        at_bound=tuple(at),
-        iterations=sm.iterations,
-        betas=np.asarray(betas, dtype=float),
-        vcov=sm.vcov,
-    )
-
-
 def selmodel(yi, vi, type: str, steps=None, X=None, level: float = 0.95) -> SelModelFit:
     r"""Fit a selection model by maximum likelihood, as ``metafor::selmodel(rma(yi, vi, method="ML"), type)``.
 
@@ -497,13 +466,7 @@ def selmodel(yi, vi, type: str, steps=None, X=None, level: float = 0.95) -> SelM
     k = yi.size
     ml = random_effects(yi, vi, X=X, method="ML", test="z", level=level)
     if type == "stepfun":
-        if steps is None:
-            raise ValueError("type='stepfun' needs steps, e.g. steps=(0.025,)")
-        with warnings.catch_warnings():
-            # the bound check is repeated in _from_stepfun (at_bound); the table reports it as a note
-            warnings.simplefilter("ignore", UserWarning)
-            sm = selmodel_stepfun(ml, steps=steps)
-        return _from_stepfun(sm, k, level, _stepfun_betas(sm, ml))
+        return _fit_stepfun(yi, vi, ml, steps, level)
     if steps is not None:
         raise ValueError(f"steps apply to type='stepfun' only (metafor's default steps = 0 for {type!r})")
     fam = FAMILIES[type]
@@ -516,22 +479,59 @@ def selmodel(yi, vi, type: str, steps=None, X=None, level: float = 0.95) -> SelM
     upper = np.concatenate([np.full(p, np.inf), [np.inf], fam.delta_max])
     theta0 = np.concatenate([ml.beta, [ml.tau2 + 0.001], fam.delta_init])
     theta, free, iterations = _maximise_bounded(lik, theta0, lower, upper, CONT_GTOL, CONT_MAX_NEWTON)
-    return _summarise(lik, ml, theta, free, iterations, type, level)
+    return _summarise(lik, ml, theta, free, iterations, type, level, fam.n_delta, fam.delta_min, fam.delta_max)
 
 
-def _stepfun_betas(sm: SelectionModel, ml: MetaFit) -> np.ndarray:
-    # SelectionModel keeps the first coefficient only; the others sit at the start of vcov's order
-    return np.array([sm.beta]) if ml.p == 1 else np.array([sm.beta, *([np.nan] * (ml.p - 1))])
+def _fit_stepfun(yi, vi, ml: MetaFit, steps, level: float) -> SelModelFit:
+    r"""The step-function model: :class:`~alliancemeta.studies.bias.selection._StepLikelihood` (closed-form
+    :math:`A_i`, analytic derivatives) maximised by :func:`_maximise_bounded`, with metafor's checks.
+
+    Parameters (beta, tau2, delta_2..delta_N), delta_1 = 1; bounds delta in [0, 100].  metafor stops when
+    an interval with an estimated weight holds no observed p-value (the weight is not identified).
+    """
+    if steps is None:
+        raise ValueError("type='stepfun' needs steps, e.g. steps=(0.025,)")
+    steps = np.unique(np.asarray(steps, dtype=float))
+    if steps.size == 0 or np.any((steps <= 0) | (steps > 1)):
+        raise ValueError("steps must lie in (0, 1]")
+    if steps[-1] != 1:
+        steps = np.append(steps, 1.0)
+    pvals = stats.norm.sf(yi / np.sqrt(vi))
+    groups = np.searchsorted(steps, pvals, side="left")  # the first step with p <= step
+    counts = np.bincount(groups, minlength=steps.size)
+    if np.any(counts[1:] == 0):
+        bounds = np.r_[0.0, steps]
+        empty = [f"({bounds[j]:g}, {bounds[j + 1]:g}]" for j in range(1, steps.size) if counts[j] == 0]
+        raise ValueError(
+            f"no observed p-value in interval(s) {', '.join(empty)}: its selection weight is not identified "
+            "(metafor stops here too)"
+        )
+    p, n_delta = ml.p, steps.size - 1
+    n_par = p + 1 + n_delta
+    if yi.size < n_par:
+        raise ValueError(f"k = {yi.size} is too small for the {n_par} parameters of the step-function selection model")
+    lik = _StepLikelihood(yi, vi, ml.X, steps, groups, None)
+    lower = np.concatenate([np.full(p, -np.inf), [0.0], np.full(n_delta, STEP_DELTA_MIN)])
+    upper = np.concatenate([np.full(p, np.inf), [np.inf], np.full(n_delta, STEP_DELTA_MAX)])
+    theta0 = np.concatenate([ml.beta, [ml.tau2 + 0.001], np.ones(n_delta)])
+    with np.errstate(divide="ignore"):  # a trial step onto delta = 0 has log-likelihood -inf and is refused
+        theta, free, iterations = _maximise_bounded(lik, theta0, lower, upper, CONT_GTOL, CONT_MAX_NEWTON)
+    fit = _summarise(lik, ml, theta, free, iterations, "stepfun", level, n_delta, lower[p + 1 :], upper[p + 1 :])
+    return replace(fit, steps=steps, counts=counts)
 
 
-def _summarise(lik: _ContinuousLikelihood, ml: MetaFit, theta, free, iterations, type, level) -> SelModelFit:
-    fam = lik.family
+def _summarise(lik, ml: MetaFit, theta, free, iterations, type, level, n_delta, delta_min, delta_max) -> SelModelFit:
+    """The result object at the optimum: inverse observed information over the free parameters."""
     p = lik.p
     ll, _, H = lik.evaluate(theta)
     vcov = np.full(H.shape, np.nan)
     vcov[np.ix_(free, free)] = np.linalg.inv(-H[np.ix_(free, free)])
     se_all = np.sqrt(np.diag(vcov))
     beta, tau2, delta = lik.split(theta)
+    delta = np.asarray(delta, dtype=float)
+    se_delta = se_all[p + 1 :]
+    if delta.size > n_delta:  # the step function's first weight, fixed at 1
+        se_delta = np.concatenate([[np.nan], se_delta])
     crit = float(stats.norm.ppf(1 - (1 - level) / 2))
     se = float(se_all[0])
     zval = float(beta[0] / se)
@@ -540,7 +540,7 @@ def _summarise(lik: _ContinuousLikelihood, ml: MetaFit, theta, free, iterations,
     at = []
     if tau2 <= 0:
         at.append("tau2")
-    if _at_bound_delta(delta, fam.delta_min, fam.delta_max):
+    if _at_bound_delta(delta[delta.size - n_delta :], delta_min, delta_max):
         at.append("delta")
     return SelModelFit(
         type=type,
@@ -553,12 +553,12 @@ def _summarise(lik: _ContinuousLikelihood, ml: MetaFit, theta, free, iterations,
         tau2=float(tau2),
         se_tau2=float(se_all[p]),
         delta=np.array(delta, dtype=float),
-        se_delta=se_all[p + 1 :],
+        se_delta=se_delta,
         ll=ll,
         ll0=ll0,
         LRT=LRT,
-        LRT_df=fam.n_delta,
-        LRT_pval=float(stats.chi2.sf(LRT, fam.n_delta)),
+        LRT_df=n_delta,
+        LRT_pval=float(stats.chi2.sf(LRT, n_delta)),
         k=lik.yi.size,
         level=level,
         steps=None,
