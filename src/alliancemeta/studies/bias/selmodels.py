@@ -446,8 +446,9 @@ def selmodel(yi, vi, type: str, steps=None, X=None, level: float = 0.95) -> SelM
     start the optimisation (tau^2 + 0.001, as metafor's ``tau2.init``; delta at metafor's
     ``delta.init``) and its log-likelihood ``ll0`` is the null of the likelihood-ratio test.
     The optimum is found by damped Newton steps with analytic derivatives (:func:`_maximise_bounded`;
-    ``stepfun``: :func:`~alliancemeta.studies.bias.selection.selmodel_stepfun`) until every free
-    parameter is within :data:`CONT_GTOL` standard errors of it.  Standard errors are the inverse
+    for ``stepfun`` on the closed-form likelihood of
+    :class:`~alliancemeta.studies.bias.selection._StepLikelihood`) until every free parameter is within
+    :data:`CONT_GTOL` standard errors of it.  Standard errors are the inverse
     observed information in (beta, tau2, delta), as metafor's ``htransf=FALSE``; a parameter held at
     a bound (tau2 = 0, or delta at 0 where no selection is estimated) gets no standard error and
     the others are conditional on it.
