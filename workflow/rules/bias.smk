@@ -48,3 +48,30 @@ rule funnel:
         about=about_study,
     script:
         "../scripts/funnel.py"
+
+
+rule selection_models:
+    input:
+        studies="data/processed/studies/{dataset}.csv",
+    output:
+        table=report(
+            "results/studies/{dataset}/tables/selection_models.csv",
+            caption="../report/selection_models.rst",
+            category="Study level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "selection models"},
+        ),
+    log:
+        "logs/bias/selection_models_{dataset}.log",
+    benchmark:
+        "benchmarks/out/selection_models_{dataset}.tsv"
+    conda:
+        "../envs/alliancemeta.yaml"
+    params:
+        code=CODE,
+        study=study,
+        meta=SETTINGS.meta,
+        seed=SETTINGS.seed,
+        about=about_study,
+    script:
+        "../scripts/selection_models.py"

@@ -126,6 +126,7 @@ class MetaSettings(NamedTuple):
     distribution_n_boot: int
     gosh_max_k: int
     gosh_subsets: int
+    selection_models: Mapping  # n_boot, bootstrap, ci_type, penalty (studies.bias.selection_table)
 
     @property
     def method(self) -> str:
@@ -149,6 +150,7 @@ class MetaSettings(NamedTuple):
             tuple(meta["estimators"]), tuple(meta["tests"]), float(meta["level"]), float(meta["aggregate_rho"]),
             tuple(float(r) for r in meta["che_rho"]), tuple(float(r) for r in meta["thresholds"]),
             int(meta["distribution_n_boot"]), int(meta["gosh_max_k"]), int(meta["gosh_subsets"]),
+            _frozen(meta["selection_models"]),
         )
 
 

@@ -12,15 +12,19 @@ import numpy as np
 import pandas as pd
 
 from alliancemeta.core.errors import ConvergenceError
+from alliancemeta.core.seeds import derive_seed
 from alliancemeta.core.settings import Dataset, MetaSettings
 from alliancemeta.core.tables import write_csv
 from alliancemeta.pipeline.common import read_studies_table
 from alliancemeta.plots.bias import funnel_plot
 from alliancemeta.plots.style import save_figure
+from alliancemeta.studies.bias.common import MIN_K
 from alliancemeta.studies.bias.failsafe import fsn_rosenthal
 from alliancemeta.studies.bias.rank import ranktest
 from alliancemeta.studies.bias.regression_tests import peese, pet, pet_peese, regtest
 from alliancemeta.studies.bias.selection import selmodel_stepfun
+from alliancemeta.studies.bias.selection_table import EXTRA_COLUMNS as SELECTION_EXTRA_COLUMNS
+from alliancemeta.studies.bias.selection_table import SELECTION_MODEL_COLUMNS, selection_models_table
 from alliancemeta.studies.bias.trim_and_fill import trimfill
 from alliancemeta.studies.random_effects import MetaFit, random_effects
 
@@ -128,4 +132,29 @@ def write_funnel(studies, pdf, png, *, dataset: Dataset, meta: MetaSettings) -> 
     except (ValueError, ConvergenceError) as err:
         log.warning("funnel plot: trim and fill not computed, no imputed studies drawn: %s", err)
         fill = None
-    save_figure(funnel_plot(fit, fill, dataset.label), pdf, png)
+    adjusted = None
+    if fit.k >= MIN_K:
+        try:
+            adjusted = selmodel_stepfun(fit, steps=(0.025,)).beta
+        except (ValueError, ConvergenceError) as err:
+            log.warning("funnel plot: the selection model could not be estimated, its line is not drawn: %s", err)
+    save_figure(funnel_plot(fit, fill, dataset.label, adjusted), pdf, png)
+
+
+def write_selection_models(studies, table, *, dataset: Dataset, meta: MetaSettings, seed: int) -> None:
+    """``selection_models.csv``: metafor's selection models (every weight function) on all effects, then, when
+    ``study_id`` puts several effects in a study, metaselection's step-function model for dependent effects with
+    cluster-robust SEs and cluster-bootstrap intervals (``meta.selection_models``; the bootstrap draws from
+    ``derive_seed(seed, "selection_models/<dataset>")``).  A model that cannot be estimated is a NaN row whose
+    ``note`` says why."""
+    frame = read_studies_table(studies)
+    cluster = frame["study_id"].astype(str).to_numpy() if "study_id" in frame.columns else None
+    settings = meta.selection_models
+    out = selection_models_table(
+        frame["yi"].to_numpy(float), frame["vi"].to_numpy(float), cluster, level=meta.level,
+        seed=derive_seed(seed, f"selection_models/{dataset.name}"), n_boot=settings["n_boot"],
+        bootstrap=settings["bootstrap"], ci_type=settings["ci_type"], penalty=settings["penalty"],
+    )
+    for _, row in out[out["note"].fillna("").str.len() > 0].iterrows():
+        log.info("%s: %s", row["type"], row["note"])
+    write_csv(out, table, [*SELECTION_MODEL_COLUMNS, *SELECTION_EXTRA_COLUMNS])

@@ -17,13 +17,14 @@ FUNNEL_CONTOURS = (0.10, 0.05, 0.01)
 CONTOUR_SHADES = ("0.90", "0.78", "0.64")
 
 
-def funnel_plot(fit: MetaFit, fill: TrimFill | None = None, dataset_label: str = ""):
+def funnel_plot(fit: MetaFit, fill: TrimFill | None = None, dataset_label: str = "", adjusted: float | None = None):
     r"""Contour-enhanced funnel plot: Fisher z against its standard error (0 at the top).
 
     Shaded regions mark where a study's two-sided p-value (test of :math:`\theta = 0`) lies in
     (.10, .05], (.05, .01] and below .01 (:data:`FUNNEL_CONTOURS`); the white wedge is p > .10.
     Observed effects are filled circles; trim-and-fill imputed ones (``fill``) open circles.  The
-    vertical lines are the headline estimate and, dashed, the trim-and-fill estimate.
+    vertical lines are the headline estimate, dashed the trim-and-fill estimate and, dotted, the
+    selection-adjusted estimate of the three-parameter selection model (``adjusted``) when given.
     """
     sei = np.sqrt(fit.vi)
     yi = fit.yi
@@ -45,6 +46,9 @@ def funnel_plot(fit: MetaFit, fill: TrimFill | None = None, dataset_label: str =
             ax.axvline(fill.estimate, color=accent, lw=0.9, ls="--", label=f"trim and fill ({fill.estimate:.3f})")
             ax.scatter(fill_y, fill_se, s=16, facecolors="white", edgecolors="0.1", linewidths=0.7, zorder=3,
                        label=f"imputed ({fill.k0}, {fill.side} side)")  # fmt: skip
+        if adjusted is not None and np.isfinite(adjusted):
+            ax.axvline(adjusted, color=PALETTE["third"], lw=1.0, ls=":",
+                       label=f"selection model, 3PSM ({adjusted:.3f})")  # fmt: skip
         ax.scatter(yi, sei, s=14, color="0.1", zorder=4, linewidths=0, label=f"observed (k = {fit.k})")
         # legend patches for the contours
         labels = ["p > .10", ".10 ≥ p > .05", ".05 ≥ p > .01", "p ≤ .01"]

@@ -94,6 +94,11 @@ REFERENCES = {
     "meta-analysis. *Research Synthesis Methods, 13*(6), 697–715.",
     "Mathur & VanderWeele, 2019": "Mathur, M. B., & VanderWeele, T. J. (2019). New metrics for meta-analyses of "
     "heterogeneous effects. *Statistics in Medicine, 38*(8), 1336–1342.",
+    "Pustejovsky et al., 2025": "Pustejovsky, J. E., Citkowicz, M., & Joshi, M. (2025). Estimation and inference for "
+    "step-function selection models in meta-analysis with dependent effects [Preprint]. "
+    "https://doi.org/10.31222/osf.io/qg5x6_v1",
+    "Citkowicz & Vevea, 2017": "Citkowicz, M., & Vevea, J. L. (2017). A parsimonious weight function for modeling "
+    "publication bias. *Psychological Methods, 22*(1), 28–41.",
     "Olkin et al., 2012": "Olkin, I., Dahabreh, I. J., & Trikalinos, T. A. (2012). GOSH – a graphical display of "
     "study heterogeneity. *Research Synthesis Methods, 3*(3), 214–223.",
     "Wang & Lee, 2019": "Wang, C.-C., & Lee, W.-C. (2019). A simple method to estimate prediction intervals and "
@@ -293,6 +298,20 @@ def _methods_study(
             f"three-parameter selection model ({_cite('Vevea & Hedges, 1995')}) and Rosenthal's fail-safe N "
             f"({_cite('Rosenthal, 1979')})."
         )
+    if "selection_models" in tables:
+        text = (
+            "Selection models with every weight function of metafor's selmodel() were fitted by maximum likelihood to "
+            f"all effect sizes: step functions at one-sided p = .025 and .025/.50 ({_cite('Vevea & Hedges, 1995')}), "
+            f"the beta function ({_cite('Citkowicz & Vevea, 2017')}), half-normal, negative-exponential, logistic "
+            "and power weights, each with a likelihood-ratio test against no selection"
+        )
+        if tables["selection_models"]["type"].str.startswith("clustered").any():
+            text += (
+                f"; because studies contributed several effect sizes, the step-function model for dependent effects "
+                f"({_cite('Pustejovsky et al., 2025')}) was fitted as well, with cluster-robust standard errors and "
+                "cluster-bootstrap confidence intervals"
+            )
+        paras.append(text + ".")
     if "influence" in tables:
         paras.append(
             "Influence was assessed by leaving out each effect size in turn (studentized residuals, DFFITS, Cook's "
@@ -505,6 +524,23 @@ def _results_study(tables, meta: MetaSettings) -> list[str]:
                 f"{len(im)} studies were influential; leaving out one study at a time gave r between "
                 f"{bounded(loo.min())} and {bounded(loo.max())}."
             )
+    if "selection_models" in tables:
+        sm = tables["selection_models"].set_index("type")
+        ok = sm[np.isfinite(sm["estimate"])]
+        if len(ok):
+            r_adj = np.tanh(ok["estimate"])
+            text = (
+                f"Across the {len(ok)} selection models that could be estimated, the selection-adjusted correlation "
+                f"ranged from r = {bounded(r_adj.min())} to {bounded(r_adj.max())}"
+            )
+            for key, label in (("clustered_3psm", "the dependent-effects step-function model"),):
+                if key in ok.index:
+                    row = ok.loc[key]
+                    text += (
+                        f"; {label} gave r = {bounded(np.tanh(row['estimate']))} "
+                        f"{interval(np.tanh(row['ci_lb']), np.tanh(row['ci_ub']))}"
+                    )
+            paras.append(text + ".")
     if "gosh_summary" in tables:
         g = tables["gosh_summary"]
         est = g[(g["statistic"] == "estimate") & (g["model"] != "FE") & (g["n_subsets"] > 0)]

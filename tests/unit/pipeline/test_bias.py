@@ -11,9 +11,17 @@ import pandas as pd
 import pytest
 
 from alliancemeta.core.effects import escalc_cor
+from alliancemeta.core.seeds import derive_seed
 from alliancemeta.core.settings import Dataset
-from alliancemeta.pipeline.bias import METHODS, publication_bias_table, write_funnel, write_publication_bias
+from alliancemeta.pipeline.bias import (
+    METHODS,
+    publication_bias_table,
+    write_funnel,
+    write_publication_bias,
+    write_selection_models,
+)
 from alliancemeta.studies.bias.regression_tests import regtest
+from alliancemeta.studies.bias.selection_table import selection_models_table
 from alliancemeta.studies.random_effects import random_effects
 from tests.unit.pipeline.settings import meta_settings
 
@@ -77,3 +85,28 @@ def test_funnel_for_two_effect_sizes_is_drawn(tmp_path):
     pd.DataFrame({"study": ["a", "b"], "yi": [0.2, 0.4], "vi": [0.01, 0.02]}).to_csv(studies, index=False)
     write_funnel(studies, tmp_path / "f.pdf", tmp_path / "f.png", dataset=Dataset("tiny", True), meta=META)
     assert (tmp_path / "f.pdf").exists() and (tmp_path / "f.png").exists()
+
+
+def test_write_selection_models_single_and_dependent(tmp_path):
+    rng = np.random.default_rng(8)
+    n = rng.integers(20, 300, 40)
+    study_id = np.repeat([f"S{i:02d}" for i in range(16)], [3, 3, 2, 2, 3, 2, 2, 3, 3, 2, 2, 3, 3, 2, 3, 2])
+    theta = np.repeat(rng.normal(0.25, 0.1, 16), np.bincount(np.unique(study_id, return_inverse=True)[1]))
+    yi = theta + rng.normal(0, np.sqrt(1 / (n - 3)))
+    studies = tmp_path / "studies.csv"
+    frame = pd.DataFrame({"study": [f"e{i}" for i in range(40)], "study_id": study_id, "yi": yi, "vi": 1 / (n - 3)})
+    frame.to_csv(studies, index=False)
+    meta = META._replace(selection_models={**META.selection_models, "n_boot": 120})
+    out = tmp_path / "selection_models.csv"
+    write_selection_models(studies, out, dataset=Dataset("toy", True), meta=meta, seed=5)
+    table = pd.read_csv(out)
+    assert table["type"].tolist() == ["stepfun_3psm", "stepfun_4psm", "beta", "halfnorm", "negexp", "logistic",
+                                      "power", "clustered_3psm", "clustered_4psm"]  # fmt: skip
+    seed = derive_seed(5, "selection_models/toy")
+    direct = selection_models_table(yi, 1 / (n - 3), study_id, level=meta.level, seed=seed, **meta.selection_models)
+    np.testing.assert_allclose(table["estimate"], direct["estimate"], rtol=1e-12)
+    np.testing.assert_allclose(table["ci_lb"], direct["ci_lb"], rtol=1e-12)
+    # without study_id: metafor's seven models only
+    frame.drop(columns="study_id").to_csv(studies, index=False)
+    write_selection_models(studies, out, dataset=Dataset("toy", True), meta=meta, seed=5)
+    assert len(pd.read_csv(out)) == 7

@@ -16,7 +16,7 @@ from alliancemeta.core.effects import escalc_cor
 from alliancemeta.studies.bias.failsafe import fsn_rosenthal
 from alliancemeta.studies.bias.rank import _kendall_lower_tail, ranktest
 from alliancemeta.studies.bias.regression_tests import pet, pet_peese, regtest
-from alliancemeta.studies.bias.selection import _ml_loglik, _StepLikelihood, selmodel_stepfun
+from alliancemeta.studies.bias.selection import StepLikelihood, ml_loglik, selmodel_stepfun
 from alliancemeta.studies.bias.trim_and_fill import trimfill
 from alliancemeta.studies.random_effects import random_effects
 
@@ -167,7 +167,7 @@ def test_selection_likelihood_derivatives():
     X = np.column_stack([np.ones(25), np.linspace(-1, 1, 25)])
     steps = np.array([0.025, 0.5, 1.0])
     groups = np.searchsorted(steps, stats.norm.sf(yi / np.sqrt(vi)))
-    lik = _StepLikelihood(yi, vi, X, steps, groups, None)
+    lik = StepLikelihood(yi, vi, X, steps, groups, None)
     theta = np.array([0.2, 0.05, 0.02, 0.4, 0.7])
     _, g, H = lik.evaluate(theta)
     h = 1e-6
@@ -185,9 +185,9 @@ def test_selection_likelihood_at_no_selection_is_the_random_effects_likelihood()
     ml = random_effects(yi, vi, method="ML")
     steps = np.array([0.025, 1.0])
     groups = np.searchsorted(steps, stats.norm.sf(yi / np.sqrt(vi)))
-    lik = _StepLikelihood(yi, vi, ml.X, steps, groups, None)
+    lik = StepLikelihood(yi, vi, ml.X, steps, groups, None)
     ll, _, _ = lik.evaluate(np.array([ml.estimate, ml.tau2, 1.0]), 0)
-    assert ll == pytest.approx(_ml_loglik(yi, vi, ml.X, ml), rel=1e-13)
+    assert ll == pytest.approx(ml_loglik(yi, vi, ml.X, ml), rel=1e-13)
 
 
 def test_selection_model_corrects_selected_data():

@@ -58,7 +58,7 @@ class SelectionModel:
     vcov: np.ndarray  # inverse Hessian of -ll over (beta, tau2, delta_2..)
 
 
-class _StepLikelihood:
+class StepLikelihood:
     r"""Log-likelihood of the step-function selection model, its gradient and Hessian.
 
     For :math:`y_i \sim N(\mu_i, \sigma_i^2)`, :math:`\sigma_i^2 = v_i + \tau^2`, observed only
@@ -162,13 +162,13 @@ class _StepLikelihood:
         return ll, g, H
 
 
-def _ml_loglik(yi, vi, X, fit: MetaFit) -> float:
+def ml_loglik(yi, vi, X, fit: MetaFit) -> float:
     s2 = vi + fit.tau2
     e = yi - X @ fit.beta
     return float(-0.5 * np.sum(np.log(2 * np.pi * s2) + e * e / s2))
 
 
-def _maximise(lik: _StepLikelihood, theta0, lower, upper):
+def _maximise(lik: StepLikelihood, theta0, lower, upper):
     r"""Maximise the selection-model log-likelihood by damped Newton steps within the bounds.
 
     Levenberg-Marquardt: the step solves :math:`(-H + \lambda D)s = g` with D the diagonal of
@@ -234,7 +234,7 @@ def selmodel_stepfun(fit: MetaFit, steps=(0.025,), alternative: str = "greater")
     With the default ``steps=(0.025,)`` this is the three-parameter selection model (3PSM):
     effect :math:`\mu`, :math:`\tau^2` and the relative publication probability
     :math:`\delta_2` of studies whose one-sided p-value (``alternative="greater"``) exceeds .025,
-    compared with significant ones (:math:`\delta_1 = 1`).  Likelihood: :class:`_StepLikelihood`.
+    compared with significant ones (:math:`\delta_1 = 1`).  Likelihood: :class:`StepLikelihood`.
 
     As metafor, a REML (or other non-ML) model is first refitted by ML, whose estimates start the
     optimisation and whose log-likelihood is the null of the likelihood-ratio test of
@@ -276,7 +276,7 @@ def selmodel_stepfun(fit: MetaFit, steps=(0.025,), alternative: str = "greater")
     if k < n_par:
         raise ValueError(f"selection model: k = {k} is too small for {n_par} parameters")
     ml = fit if fe or fit.method == "ML" else random_effects(yi, vi, X=X, method="ML", test=fit.test, level=fit.level)
-    lik = _StepLikelihood(yi, vi, X, steps, groups, 0.0 if fe else None)
+    lik = StepLikelihood(yi, vi, X, steps, groups, 0.0 if fe else None)
     theta0 = np.concatenate([ml.beta, [] if fe else [ml.tau2], np.ones(steps.size - 1)])
     p = fit.p
     lower = np.concatenate([np.full(p, -np.inf), [] if fe else [0.0], np.full(steps.size - 1, DELTA_MIN)])
@@ -302,7 +302,7 @@ def selmodel_stepfun(fit: MetaFit, steps=(0.025,), alternative: str = "greater")
         warnings.warn(
             "selection model: a delta estimate is (almost) at its bound; treat results with caution", stacklevel=2
         )
-    ll0 = _ml_loglik(yi, vi, X, ml)
+    ll0 = ml_loglik(yi, vi, X, ml)
     LRT = max(0.0, -2 * (ll0 - ll))
     df = steps.size - 1
     return SelectionModel(
