@@ -7,7 +7,8 @@
 #
 # The outlier rules, as the module docstring of alliancemeta.studies.multiverse states them:
 #   studentized: |rstudent(res)$z| > 1.96 (rma.uni units: effects, or studies after aggregation);
-#                for rma.mv, rstudent(res, cluster = study_id)$cluster: pchisq(X2, k, lower = FALSE) < 2 pnorm(-1.96)
+#                for rma.mv, the study's X2 of rstudent(res, cluster = study_id) (recomputed with cold-started
+#                refits, see rstudent_cold): pchisq(X2, k, lower = FALSE) < 2 pnorm(-1.96)
 #   cooks:       cooks.distance(res) > qchisq(0.5, 1) (rma.mv: cluster = study_id)
 # The diagnostics come from the specification's own model, with the z test except for knha (rstudent depends on
 # the Knapp-Hartung scale); for rma.mv from the REML fit with test "z" whatever the test of the row.
@@ -57,20 +58,45 @@ flags_uni <- function(d, method, test, rule) {
   cooks.distance(res) > qchisq(COOKS_Q, 1)
 }
 
-# study-level flags of the three-level model, one per study in order of first appearance
-# (nlminb's default rel.tol = 1e-10: with tighter tolerances metafor's warm-started deletion refits fail, as in
-# refs_influence_multilevel.R)
-flags_mv <- function(d, rule) {
+# Studentized deleted residual of every study (rstudent.rma.mv with cluster = study_id, metafor's formula), with
+# each deletion refitted from rma.mv's own (cold) starting values.  metafor's rstudent warm-starts every refit at
+# the full-data sigma2 and can stay trapped at a worse local optimum: without study S191 of the rater=therapist
+# subset it stops at logLik 28.27 (sigma2 = 0, 0.0155) while a cold start reaches the REML optimum 29.21 (sigma2 =
+# 0.0162, 0), which the engine also finds; refs_influence_multilevel.R documents the same trap.  The X2 of the
+# REML optimum is X2 = e'(D + sigma2_study 11' + X V X')^{-1} e with e = y_j - X_j b_(-j), D = diag(v_ij +
+# sigma2_within) at the deleted fit's estimates (intercept-only here, so X V X' = V 11').
+rstudent_cold <- function(d) {
+  studies <- unique(d$study_id)
+  out <- data.frame(study = studies, X2 = NA_real_, k = NA_integer_, metafor_X2 = NA_real_)
   res <- fit_mv(d, "z", control = "")
+  warm <- rstudent(res, cluster = d$study_id)$cluster
+  out$metafor_X2 <- warm$X2[match(studies, warm$slab)]
+  for (j in seq_along(studies)) {
+    u <- d$study_id == studies[j]
+    fit <- rma.mv(yi, vi, random = ~ 1 | study_id/es, data = d[!u, ])
+    e <- d$yi[u] - as.numeric(fit$b)
+    V <- diag(d$vi[u] + fit$sigma2[2], nrow = sum(u)) + fit$sigma2[1] + as.numeric(fit$vb)
+    out$X2[j] <- as.numeric(t(e) %*% solve(V, e))
+    out$k[j] <- sum(u)
+  }
+  out
+}
+
+# study-level flags of the three-level model, one per study in order of first appearance
+# (nlminb's default rel.tol = 1e-10: with tighter tolerances metafor's deletion refits fail, as in
+# refs_influence_multilevel.R)
+MV_TRAPPED <- character()
+flags_mv <- function(d, rule) {
   studies <- unique(d$study_id)
   if (rule == "studentized") {
-    rs <- rstudent(res, cluster = d$study_id)$cluster
-    bad <- pchisq(rs$X2, rs$k, lower.tail = FALSE) < 2 * pnorm(-THRESHOLD)
-    names(bad) <- rs$slab
+    rs <- rstudent_cold(d)
+    trapped <- rs$study[abs(rs$X2 - rs$metafor_X2) > 1e-4 * pmax(1, rs$X2)]
+    MV_TRAPPED <<- c(MV_TRAPPED, as.character(trapped))
+    bad <- setNames(pchisq(rs$X2, rs$k, lower.tail = FALSE) < 2 * pnorm(-THRESHOLD), rs$study)
   } else {
+    res <- fit_mv(d, "z", control = "")
     cd <- cooks.distance(res, cluster = d$study_id)
     bad <- cd > qchisq(COOKS_Q, 1)
-    names(bad) <- names(cd)
   }
   if (is.null(names(bad)) || !setequal(names(bad), as.character(studies))) stop("diagnostics not labelled by study")
   out <- bad[as.character(studies)]
@@ -87,6 +113,7 @@ summarise_uni <- function(res, n_excluded) {
 spec_case <- function(estimator, test, dependence, outliers, subset) {
   d <- all_dat[subset_rows(subset), ]
   MV_CONTROL_USED <<- character()
+  MV_TRAPPED <<- character()
   call <- sprintf("spec(%s, %s, %s, %s, %s)", estimator, test, dependence, outliers, subset)
   if (dependence %in% c("ignore", "aggregate")) {
     if (dependence == "aggregate") d <- aggregate(d, cluster = study_id, rho = RHO, struct = "CS")
@@ -117,7 +144,10 @@ spec_case <- function(estimator, test, dependence, outliers, subset) {
   out$r <- tanh(out$estimate)
   out$r_ci_lb <- tanh(out$ci_lb)
   out$r_ci_ub <- tanh(out$ci_ub)
-  if (dependence == "three_level") out$mv_control <- I(MV_CONTROL_USED)
+  if (dependence == "three_level") {
+    out$mv_control <- I(MV_CONTROL_USED)
+    out$metafor_rstudent_trapped <- I(MV_TRAPPED)  # studies whose metafor (warm-start) X2 differs from the optimum's
+  }
   c(list(call = call, spec = list(estimator = estimator, test = test, dependence = dependence, outliers = outliers,
                                    subset = subset)), out)
 }
