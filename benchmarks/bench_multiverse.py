@@ -170,7 +170,8 @@ def _job_seconds(work: Path) -> tuple[list[float], float]:
 
     out = work / "benchmarks" / "out"
     batches = [seconds(p) for p in sorted(out.glob("multiverse_batch_*.tsv"))]
-    serial = sum(seconds(p) for p in [*out.glob("multiverse_gather_*.tsv"), *out.glob("specification_curve_*.tsv")])
+    gathers = [p for p in out.glob("multiverse_*.tsv") if not p.name.startswith("multiverse_batch_")]
+    serial = sum(seconds(p) for p in [*gathers, *out.glob("specification_curve_*.tsv")])
     return batches, serial
 
 

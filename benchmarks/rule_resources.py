@@ -23,10 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
@@ -106,15 +108,17 @@ def run_and_sample(cmd: list[str], cwd: Path) -> dict[int, Job]:
     return jobs
 
 
-def benchmark_files(work: Path) -> dict[str, tuple[float, float]]:
-    """Rule-name prefix -> (max s, max max_rss MB) from Snakemake's benchmark files."""
-    out: dict[str, tuple[float, float]] = {}
+def benchmark_files(work: Path, rules: Iterable[str], datasets: Iterable[str]) -> dict[str, list[tuple[float, float]]]:
+    """Rule -> [(s, max_rss MB)] from Snakemake's benchmark files, named ``<rule>_<dataset>[_<batch>].tsv``."""
+    names = {f"{rule}_{dataset}": rule for rule in rules for dataset in datasets}
+    out: dict[str, list[tuple[float, float]]] = {}
     for path in sorted((work / "benchmarks" / "out").glob("*.tsv")):
+        rule = names.get(path.stem) or names.get(re.sub(r"_\d+$", "", path.stem))
+        if rule is None:
+            continue
         with path.open() as handle:
             row = next(csv.DictReader(handle, delimiter="\t"))
-        key = path.stem
-        s, rss = float(row["s"]), float(row["max_rss"])
-        out[key] = (s, rss)
+        out.setdefault(rule, []).append((float(row["s"]), float(row["max_rss"])))
     return out
 
 
@@ -136,8 +140,9 @@ def main() -> None:
              "all", "multiverse_all"], work,
         )  # fmt: skip
         wall = time.perf_counter() - start
-        bench = benchmark_files(work)
-    rules = script_rules()
+        rules = script_rules()
+        config = yaml.safe_load((work / "config" / "config.yaml").read_text())
+        bench = benchmark_files(work, rules.values(), [*config.get("studies", {}), *config.get("sessions", {})])
     by_rule: dict[str, list[Job]] = {}
     for job in jobs.values():
         by_rule.setdefault(rules.get(job.script, job.script), []).append(job)
@@ -153,7 +158,7 @@ def main() -> None:
         wall_s = max(j.last - j.first for j in js) + SAMPLE_SECONDS
         rss = max(j.peak_rss for j in js) / 2**20
         cpu = max(j.cpu for j in js)
-        marks = [v for k, v in bench.items() if k.startswith(rule + "_")]
+        marks = bench.get(rule, [])
         bench_text = f"{max(m[0] for m in marks):.1f} / {max(m[1] for m in marks):.0f}" if marks else "–"
         mem_mb = MEM_STEP * math.ceil(MEM_FACTOR * rss / MEM_STEP)
         runtime = math.ceil(RUNTIME_FACTOR * wall_s / 60 + RUNTIME_PAD)
