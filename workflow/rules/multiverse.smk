@@ -2,7 +2,8 @@
 # the configured choices (multiverse.*) is one specification; the specifications are computed in batch jobs
 # of multiverse.batch_size (one Slurm job each under --workflow-profile workflow/profiles/slurm), gathered into
 # tables/multiverse.csv with a descriptive summary, and drawn as a specification curve.  Not part of `rule all`:
-# build it with `snakemake multiverse_all` (a study of its own, like the simulations).
+# build it with `snakemake multiverse_all` (a study of its own, like the simulations).  On a cluster the gather
+# and the figure of a dataset run as one job (group multiverse_gather): one job start instead of two.
 # Needs from common.smk: config (validated, with the multiverse section), STUDY_DATASETS, STUDY_FRAMES; its own
 # helpers are in multiverse_common.smk.
 
@@ -52,6 +53,10 @@ rule multiverse:
         ),
     log:
         "logs/multiverse/gather_{dataset}.log",
+    benchmark:
+        "benchmarks/out/multiverse_{dataset}.tsv"
+    group:
+        "multiverse_gather"
     conda:
         "../envs/alliancemeta.yaml"
     params:
@@ -74,6 +79,10 @@ rule specification_curve:
         ),
     log:
         "logs/multiverse/specification_curve_{dataset}.log",
+    benchmark:
+        "benchmarks/out/specification_curve_{dataset}.tsv"
+    group:
+        "multiverse_gather"
     conda:
         "../envs/alliancemeta.yaml"
     params:
