@@ -90,8 +90,9 @@ def test_tables_on_slurm_equal_the_local_run(cluster, tmp_path):
     # every job went through Slurm, one job per batch of the multiverse included
     assert "has been submitted with SLURM jobid" in output
     submitted = re.findall(r"has been submitted with SLURM jobid \d+ \(log: \S*/slurm_logs/(\w+?)/", output)
-    assert {"rule_random_effects", "rule_bayes", "rule_sessions_models", "group_multiverse_gather"} <= set(submitted)
+    assert {"rule_random_effects", "rule_bayes", "rule_sessions_models"} <= set(submitted)
     assert submitted.count("rule_multiverse_batch") == 3
+    assert any(name.startswith("group_multiverse_gather") for name in submitted)  # gather + figure, one job
     expected = tables(local_work)
     actual = tables(work)
     assert sorted(actual) == sorted(expected)
