@@ -9,7 +9,7 @@ export OPENBLAS_NUM_THREADS ?= 1
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: run test lint bench verify simulate robma-sensitivity clean-results help
+.PHONY: run test lint bench verify simulate robma-sensitivity multiverse clean-results help
 
 help:
 	@echo "make run    - install pinned dependencies into .venv and run the whole pipeline"
@@ -17,6 +17,7 @@ help:
 	@echo "make bench  - run the performance benchmarks (prints tables)"
 	@echo "make verify - rerun the pipeline into a temporary folder and print any output that differs"
 	@echo "make simulate - Monte-Carlo simulation study of the interval methods -> results/simulation/ (not part of run)"
+	@echo "make multiverse - multiverse / specification-curve analysis -> tables/multiverse.csv (not part of run)"
 	@echo "make robma-sensitivity - RoBMA-PSMA under alternative priors -> tables/prior_sensitivity_robma.csv (not part of run)"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -56,6 +57,13 @@ simulate: $(STAMP)
 robma-sensitivity: $(STAMP)
 	@$(BIN)/snakemake --profile workflow/profiles/default --unlock > /dev/null 2>&1 || true
 	$(BIN)/snakemake --profile workflow/profiles/default robma_sensitivity_all
+
+# Multiverse / specification curve of every study-level dataset (batches of multiverse.batch_size
+# specifications, one job each; under 1 min for the bundled data on two cores). On a Slurm cluster:
+# see workflow/profiles/slurm/README.md.
+multiverse: $(STAMP)
+	@$(BIN)/snakemake --profile workflow/profiles/default --unlock > /dev/null 2>&1 || true
+	$(BIN)/snakemake --profile workflow/profiles/default multiverse_all
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py

@@ -23,6 +23,7 @@ include: "workflow/rules/bayes.smk"
 include: "workflow/rules/sessions.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/simulate.smk"
+include: "workflow/rules/multiverse.smk"
 
 
 rule all:

@@ -1,4 +1,5 @@
 # Shared helpers and parse-time validation: a bad config or input stops the run here, before any job.
+import functools
 import re
 import sys
 from datetime import datetime, timezone
@@ -9,6 +10,8 @@ from snakemake.utils import validate
 from alliancemeta.core.errors import ConfigError, InputError
 from alliancemeta.core.inputs import read_sessions, read_studies
 from alliancemeta.core.settings import Settings, code_fingerprint, validate_config
+from alliancemeta.pipeline.multiverse import multiverse_settings as _multiverse_settings
+from alliancemeta.pipeline.multiverse import planned_batches, planned_specifications
 from alliancemeta.pipeline.report import apa_tables_of, write_provenance
 from alliancemeta.report.provenance import git_state
 from alliancemeta.report.apa import BUILDERS
@@ -314,3 +317,59 @@ def finish_run():
                 f"  results/{kind}/{name}/  (report/summary.md, tables/, figures/)",
                 file=sys.stderr,
             )
+
+
+# --------------------------------------------------------------------------------------------------
+# multiverse (workflow/rules/multiverse.smk): the frozen settings and the batch plan of each dataset
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def multiverse_settings():
+    """The frozen multiverse settings, built once from the validated config."""
+    return _multiverse_settings(
+        config["multiverse"],
+        SETTINGS.meta.level,
+        SETTINGS.meta.aggregate_rho,
+        config["bayes"],
+    )
+
+
+@functools.cache
+def _multiverse_plan(dataset):
+    frame = STUDY_FRAMES[dataset]
+    settings = multiverse_settings()
+    return planned_specifications(frame, settings), planned_batches(frame, settings)
+
+
+def multiverse_n_specs(wildcards):
+    return _multiverse_plan(wildcards.dataset)[0]
+
+
+def multiverse_batch_tables(wildcards):
+    return expand(
+        "results/studies/{dataset}/multiverse/batch_{batch}.csv",
+        dataset=wildcards.dataset,
+        batch=_multiverse_plan(wildcards.dataset)[1],
+    )
+
+
+def multiverse_batch_params(wildcards):
+    return {
+        "batch": int(wildcards.batch),
+        "n_specs": _multiverse_plan(wildcards.dataset)[0],
+        "settings": multiverse_settings(),
+    }
+
+
+def multiverse_targets():
+    return expand(
+        "results/studies/{dataset}/{path}",
+        dataset=STUDY_DATASETS,
+        path=[
+            "tables/multiverse.csv",
+            "tables/multiverse_summary.csv",
+            "figures/specification_curve.pdf",
+            "figures/specification_curve.png",
+        ],
+    )
