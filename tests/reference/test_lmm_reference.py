@@ -48,8 +48,8 @@ R = RandomTerm
 SPECS = {
     "wb_intercepts": ("d", "y", WB, R("client"), R("therapist"), True),
     "wb_session_diag": ("d", "y", WB, R("client", ("session",), correlated=False), R("therapist"), True),
-    "wb_slope_corr_singular": ("d", "y", WB, R("client", ("alliance_within",)), R("therapist"), True),
-    "wb_slope_diag_singular": ("d", "y", WB, R("client", ("alliance_within",), correlated=False), R("therapist"), True),
+    "wb_slope_corr": ("d", "y", WB, R("client", ("alliance_within",)), R("therapist"), True),
+    "wb_slope_diag": ("d", "y", WB, R("client", ("alliance_within",), correlated=False), R("therapist"), True),
     "therapist": (
         "d", "y", ("alliance_therapist", "alliance_between", "session"),
         R("client", ("session",), correlated=False), R("therapist"), True,
@@ -86,7 +86,7 @@ def lme4_formula(response, fixed, client, therapist) -> str:
 def data():
     d = pd.read_csv(HERE / "data" / "lmm_sessions.csv", dtype={"client": str, "therapist": str})
     sleep = pd.read_csv(HERE / "data" / "sleepstudy.csv", dtype={"Subject": str, "pair": str})
-    return {"d": d, "lagged": d.dropna(subset=["outcome_lag"]), "sleep": sleep}
+    return {"d": d, "lagged": d.dropna(subset=["outcome_lag", "alliance_within_lag"]), "sleep": sleep}
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ Three models mirror the REML models of :mod:`alliancemeta.sessions.models`: ``wi
     \alpha_i \sim N\Bigl(\alpha_{g(i)} + \textstyle\sum_l \beta_l c_{l,i},\; \sigma_C^2\Bigr),
 
 with session-level predictors :math:`x_k` (the within-client alliance terms), centred session :math:`t`
-(``session_c``) with random client slopes :math:`s_i \sim N(0, \sigma_{CS}^2)`, random client slopes
-:math:`b_{mi} \sim N(0, \sigma_{m}^2)` of the within-client alliance terms (``random_slopes``), client-level
+(``session_c``) with random client slopes :math:`s_i \sim N(0, \sigma_{CS}^2)`, optional random client slopes
+:math:`b_{mi} \sim N(0, \sigma_{m}^2)` of the within-client alliance terms (``BayesSpec.slopes``), client-level
 predictors :math:`c_l` (alliance between-client components, ``alliance_own_between``, covariates) and the
 client's parent intercept :math:`\alpha_{g(i)}`: the therapist's (``within_between``, ``components``), the
 case's (``split``: case intercept = therapist intercept + :math:`\beta_{\text{split}} S_k + \sigma_K z_k`) or
@@ -19,6 +19,16 @@ the overall intercept without a therapist level; therapist intercepts are :math:
 \sigma_T z_j`.  The random slopes are independent of each other and of the intercepts (the REML models estimate
 their correlations; here the fixed effects are the object of comparison, and correlated slopes with
 hierarchically centred intercepts sample poorly).
+
+**No random alliance slopes in the pipeline's Bayesian models.**  Their SD is weakly identified with about ten
+sessions per client (on the bundled data a client's own alliance slope has a standard error of about 2.4 against
+an SD of about 0.9), and its chains mix slowly: with the default 4 x 500 draws the SD of the ``alliance_within``
+slope reached ess_bulk 250-340 (r_hat up to 1.011), and 180-390 after the automatic retry with twice the draws,
+with or without the imputation of blank alliance cells, so the run would stop.  The pipeline therefore samples the
+Bayesian models with random session slopes only (:func:`spec_from_model`'s default), and their ``alliance_within``
+interval is comparable with the REML model with ``random_slopes: false`` (the REML models carry the random
+alliance slopes by default, and their tables say whether the slope variance is at the boundary).  A random slope
+can still be requested with ``spec_from_model(..., slopes=...)`` given more draws.
 
 Variables are standardised, :math:`\tilde y = (y - \bar y)/s_y`, :math:`\tilde x = (x - \bar x)/s_x`, and the
 priors are weakly informative on that scale (in the spirit of the rstanarm/brms defaults; Gelman et al. 2008):

@@ -25,14 +25,28 @@ per-client regression from short series biases lagged effects (the Nickell 1981 
 parameters removed per client).  Both lagged predictors are person-mean centred, so their coefficients are
 within-client effects; an uncentred lagged outcome would carry the random intercept into a regressor, which
 biases its coefficient upward and, through the correlation of the lagged alliance with the lagged outcome, the
-alliance effect.  Measured on 10 seeded replicates of the bundled generator
-(:func:`alliancemeta.sessions.synthetic.simulate_sessions`, seeds 1000-1009; true lagged effect 1.6, random
-slope SD 0.6, outcome autoregression 0.35, symptom feedback and correlated trends): mean estimate 1.46 with DT
-and RS (SE 0.151, empirical SD 0.147), 1.49 with DT alone (SE 0.138: too small when slopes vary), 1.10 with the
-lagged outcome uncentred, and 0.81-0.85 (worse) when the alliance or both series are detrended per client before
-fitting.  The remaining downward bias (and the autoregression estimated at 0.20) is the Nickell bias of
-person-mean centring in series of about 11 sessions together with the symptom feedback; the ``lagged_latent``
-(DSEM-type) model estimates latent client means and trends instead and avoids it.
+alliance effect.  Measured on 20 seeded replicates of the bundled generator
+(``benchmarks/bench_sessions.py --lagged-bias 20``: :func:`alliancemeta.sessions.synthetic.simulate_sessions`,
+seeds 1000-1019; true lagged effect 1.6 with random slopes of SD 0.6, outcome autoregression 0.35, symptom
+feedback and correlated client trends), mean estimate (empirical SD, mean SE):
+
+==============================================  ======================  ==================
+specification                                   alliance_within         outcome_lag (0.35)
+==============================================  ======================  ==================
+DT + RS (the default)                           1.488 (0.153, 0.148)    0.206
+DT only                                         1.504 (0.146, 0.137)    0.209
+RS only                                         1.509 (0.154, 0.150)    0.258
+neither                                         1.526 (0.145, 0.136)    0.265
+DT + RS with the lagged outcome uncentred       1.101 (0.166, 0.143)    0.494
+==============================================  ======================  ==================
+
+so centring the lagged outcome is what matters for the alliance effect; the random alliance slope makes its
+standard error match the spread of the estimates (without it the SE is about 7 % too small, because the slopes
+vary); modelling the trends changes the estimates by less than their Monte-Carlo error on these data (where the
+trends enter the lagged model only through their correlation) but keeps the session slope's SE honest when
+clients improve at different rates.  The remaining downward bias of about one SE (and the autoregression
+estimated at about 0.21) is the Nickell bias of person-mean centring in series of about 11 sessions together with
+the symptom feedback; the ``lagged_latent`` (DSEM-type) model estimates latent client means and trends instead.
 
 ``therapist`` (Baldwin, Wampold & Imel 2007): therapist mean and client deviation, with their contrast
 ``therapist_minus_between`` :math:`\beta_T - \beta_B`::
