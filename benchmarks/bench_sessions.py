@@ -39,7 +39,7 @@ from alliancemeta.pipeline.sessions import (
     site_effects_table,
 )
 from alliancemeta.sessions.bayes import build_session_model, diagnosed, spec_from_model
-from alliancemeta.sessions.data import add_covariates, decompose_alliance, has_therapist, lag_frame
+from alliancemeta.sessions.data import add_covariates, decompose_alliance, lag_frame
 from alliancemeta.sessions.lmm import RandomTerm, fit_lmm
 from alliancemeta.sessions.models import fit_session_models
 from alliancemeta.sessions.synthetic import simulate_sessions
@@ -123,8 +123,8 @@ def timings(args) -> None:
                 if result is None or result.fit is None:
                     continue
                 s = result.spec
-                spec = spec_from_model(name, s.data, s.fixed, therapist=has_therapist(data),
-                                       case=s.upper is not None and s.upper.group == "case")  # fmt: skip
+                upper = s.upper.group if s.upper is not None else None
+                spec = spec_from_model(name, s.data, s.fixed, therapist=upper == "therapist", case=upper == "case")
                 model, _ = build_session_model(spec)
                 fit(model, SAMPLER, 1, name, diagnosed(model))
             row.append(time.perf_counter() - start)

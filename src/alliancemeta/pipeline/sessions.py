@@ -381,7 +381,7 @@ def _log_fit(result: SessionModelFit) -> None:
         _log(f"  note: {note}")
 
 
-def bayes_models(fits: Mapping[str, SessionModelFit], settings: SessionDataset, seed: int, nested: bool):
+def bayes_models(fits: Mapping[str, SessionModelFit], settings: SessionDataset, seed: int):
     """Sample the Bayesian counterpart of every fitted REML model in :data:`BAYES_MODELS` through
     :func:`alliancemeta.core.mcmc.fit`; returns ``{model: (summary, idata, prepared, n_groups)}``."""
     out = {}
@@ -393,8 +393,8 @@ def bayes_models(fits: Mapping[str, SessionModelFit], settings: SessionDataset, 
                 _log(f"pymc {model}: not sampled, its REML model could not be fitted")
             continue
         spec = result.spec
-        bspec = spec_from_model(model, spec.data, spec.fixed, therapist=nested,
-                                case=spec.upper is not None and spec.upper.group == "case")
+        upper = spec.upper.group if spec.upper is not None else None  # the REML model's upper level
+        bspec = spec_from_model(model, spec.data, spec.fixed, therapist=upper == "therapist", case=upper == "case")
         pm_model, prepared = build_session_model(bspec)
         key = f"sessions/{name}" if model == "within_between" else f"sessions/{name}/{model}"
         model_seed = derive_seed(seed, key)
@@ -405,8 +405,8 @@ def bayes_models(fits: Mapping[str, SessionModelFit], settings: SessionDataset, 
         _log(f"pymc {model}: {prepared.note()}; {settings.sampler.sampler}, seed {model_seed}, "
              f"{result_mcmc.attempts} attempt(s), max r_hat {diag.max_r_hat:.4f}, min ess_bulk {diag.min_ess_bulk:.0f}")
         d = prepared.data
-        n_groups = {g: d[g].nunique() for g in ("client", "therapist", "case") if g in d.columns and
-                    (g == "client" or (g == "therapist" and nested) or (g == "case" and bspec.case))}  # fmt: skip
+        levels = ("client",) + (("therapist",) if bspec.therapist else ()) + (("case",) if bspec.case else ())
+        n_groups = {g: d[g].nunique() for g in levels}
         out[model] = (summary, result_mcmc.idata, prepared, n_groups)
     return out
 
@@ -448,7 +448,7 @@ def write_session_models(sessions, mixed_models, variance_components, diagnostic
         _log_fit(result)
     for u in unavailable:
         _log(f"mixedlm {u.model}: not applicable ({u.reason})")
-    bayes = bayes_models(fits, settings, seed, has_therapist(decomposed))
+    bayes = bayes_models(fits, settings, seed)
     table = pd.concat([mixed_models_table(fits)] + [bayes_table_rows(s, m, p.note()) for m, (s, _, p, _) in
                                                      bayes.items()], ignore_index=True)  # fmt: skip
     variances = pd.concat([variance_components_table(fits)] + [

@@ -50,7 +50,8 @@ def specs():
 
 def bayes_spec(specs, model, **kw):
     s = specs[model]
-    return spec_from_model(model, s.data, s.fixed, therapist=True, case=model == "split", **kw)
+    return spec_from_model(model, s.data, s.fixed, therapist=s.upper.group == "therapist", case=s.upper.group == "case",
+                           **kw)
 
 
 def observed_rows(pm_model, name: str) -> int:
@@ -67,10 +68,10 @@ def test_models_build_with_their_levels(specs, model):
     assert list(pm_model.coords["term"]) == list(spec.terms)
     assert len(pm_model.coords["client"]) == prepared.data["client"].nunique()
     assert ("case" in pm_model.coords) == (model == "split")
-    assert "therapist" in pm_model.coords
+    assert ("therapist" in pm_model.coords) == (model != "split")  # split: the case is the upper level, as in REML
     names = {v.name for v in pm_model.deterministics}
-    assert {"beta", "sd_client", "sd_client_session", "sigma", "sd_therapist"} <= names
-    assert ("sd_case" in names) == (model == "split")
+    assert {"beta", "sd_client", "sd_client_session", "sigma"} <= names
+    assert ("sd_case" in names) == (model == "split") and ("sd_therapist" in names) == (model != "split")
     assert set(diagnosed(pm_model)) == {"beta"} | {n for n in names if n.startswith("sd_") or n == "sigma"}
     assert observed_rows(pm_model, "y_std") == int(prepared.data["y"].notna().sum())
 
@@ -84,7 +85,7 @@ def test_log_density_is_finite(specs):
 def test_levels_of_the_terms(specs):
     split = bayes_spec(specs, "split")
     assert split.obs_terms == ("alliance_own_within",)
-    assert split.case_terms == ("alliance_split",) and split.therapist_terms == ("alliance_therapist",)
+    assert split.case_terms == ("alliance_split", "alliance_therapist") and split.therapist_terms == ()
     assert set(split.client_terms) == {"alliance_own_between", "age"}
     comp = bayes_spec(specs, "components")
     assert comp.obs_terms == ("alliance_goal_within", "alliance_task_within", "alliance_bond_within")
