@@ -100,11 +100,18 @@ class BayesSpec:
     session_slope: bool = True
     case: bool = False
     therapist: bool = False
+    order: tuple[str, ...] = ()
 
     @property
     def terms(self) -> tuple[str, ...]:
-        """Every coefficient in report order: session level, then session, then client, case, therapist."""
-        return (*self.obs_terms, "session_c", *self.client_terms, *self.case_terms, *self.therapist_terms)
+        """Every coefficient in report order: ``order`` (the REML model's) when given, else session level, session,
+        client, case, therapist."""
+        default = (*self.obs_terms, "session_c", *self.client_terms, *self.case_terms, *self.therapist_terms)
+        if self.order:
+            if sorted(self.order) != sorted(default):
+                raise ValueError(f"order {self.order} does not list the model's terms {default}")
+            return self.order
+        return default
 
 
 def spec_from_model(model: str, data: pd.DataFrame, fixed: Sequence[str], *, case: bool, therapist: bool,
@@ -120,7 +127,8 @@ def spec_from_model(model: str, data: pd.DataFrame, fixed: Sequence[str], *, cas
     client = tuple(t for t in fixed if t not in (*obs, *th, *cs, "session_c"))
     if not therapist:
         cs, client, th = (cs + th, client, ()) if case else (cs, client + th, ())
-    return BayesSpec(model, data, obs, client, cs, th, tuple(s for s in slopes if s in obs), True, case, therapist)
+    return BayesSpec(model, data, obs, client, cs, th, tuple(s for s in slopes if s in obs), True, case, therapist,
+                     tuple(fixed))
 
 
 @dataclass(frozen=True)
