@@ -107,7 +107,9 @@ def markdown() -> str:
         summary = summarise(results)
         p = design.params
         cpu = results.drop_duplicates(["replicate", "estimator"]).groupby("estimator")["seconds"].median()
-        attempts = results[(results["estimator"] == "lagged_latent") & (results["term"] == "alliance_within")]
+        within = results[results["term"] == "alliance_within"]
+        attempts = within[within["estimator"] == "lagged_latent"]
+        refits = within[within["status"].str.startswith("ok: refitted")].groupby("estimator").size()
         lines += [
             f"## {LABELS[scenario]}",
             "",
@@ -122,6 +124,9 @@ def markdown() -> str:
             f"draws), nutpie, target_accept {design.settings.target_accept}; replicates needing the retry: "
             f"{int((attempts['attempts'] == 2).sum())}; failed after the retry: "
             f"{int(attempts['status'].str.startswith('failed').sum())}.",
+            "- MixedLM fits that stalled and were refitted with the client variance at 0 (its boundary): "
+            + ", ".join(f"`{e}` {int(refits.get(e, 0))}" for e in ("lagged", "lagged_detrended"))
+            + ".",
             "- Median wall time per replicate (s): " + ", ".join(f"`{e}` {cpu[e]:.1f}" for e in cpu.index) + ".",
             "",
             "| estimator | term | truth | n | failed | mean | bias (MCSE) | RMSE | coverage (MCSE) | mean SE | SD |",

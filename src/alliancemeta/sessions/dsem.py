@@ -510,14 +510,18 @@ def detrended_lag_frame(frame: pd.DataFrame, outcome_lower_is_better: bool) -> p
     data["outcome_detrended"] = _ols_residuals(data["y"].to_numpy(dtype=float), session, clients)
     prev = data.groupby("client", sort=False)[["session", "alliance_detrended", "outcome_detrended"]].shift(1)
     out = data.assign(alliance_within_lag=prev["alliance_detrended"], outcome_lag=prev["outcome_detrended"])
-    keep = (prev["session"] == data["session"] - 1) & out[["y", "alliance_within_lag", "outcome_lag"]].notna().all(1)
+    keep = (prev["session"] == data["session"] - 1) & out[["y", "alliance_within_lag", "outcome_lag"]].notna().all(
+        axis=1
+    )
     return out.loc[keep.to_numpy()].reset_index(drop=True)
 
 
 DETRENDED_TERMS = ("alliance_within_lag", "outcome_lag", "session")
 
 
-def fit_detrended_lagged(frame: pd.DataFrame, *, outcome_lower_is_better: bool, level: float = 0.95) -> MixedModelFit:
+def fit_detrended_lagged(
+    frame: pd.DataFrame, *, outcome_lower_is_better: bool, level: float = 0.95, nested: bool | None = None
+) -> MixedModelFit:
     """The lagged MixedLM with person-specific trends removed beforehand (Wang & Maxwell 2015):
 
     .. math::
@@ -537,7 +541,10 @@ def fit_detrended_lagged(frame: pd.DataFrame, *, outcome_lower_is_better: bool, 
     they are negatively autocorrelated and depend on the whole series, future outcomes included, so
     the lagged effects remain biased in short series (of order 1/T, Nickell 1981) and feedback from
     symptoms to alliance is not separated.  That is what ``lagged_latent`` fixes.
+
+    ``nested`` (default: when :func:`~alliancemeta.sessions.data.has_therapist`) adds the therapist
+    intercept.
     """
     data = detrended_lag_frame(frame, outcome_lower_is_better)
-    nested = has_therapist(data)
+    nested = has_therapist(data) if nested is None else nested
     return fit_mixed_model(data, "lagged_detrended", DETRENDED_TERMS, nested=nested, random_slope=True, level=level)
