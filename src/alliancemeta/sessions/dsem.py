@@ -43,11 +43,13 @@ follow a bivariate VAR(1),
     y_{it} &= \\phi_Y y_{i,t-1} + (\\beta_W + b_i)\\, a_{i,t-1} + e^Y_{it},
 
 with :math:`(e^A, e^Y)` bivariate normal (SDs :math:`\\sigma_{eA}, \\sigma_{eY}`, correlation
-:math:`\\rho_e`: the same-session association), random client slopes :math:`b_i = \\sigma_b z_{3i}`
-(non-centred; ``random_slopes``), and each client's first session drawn from a bivariate normal
-with its own SDs and correlation (no stationarity assumed).  Terms: ``alliance_within``
-:math:`\\beta_W` (previous session's alliance deviation -> this session's outcome), ``outcome_to_alliance``
-:math:`\\delta`, ``outcome_lag`` :math:`\\phi_Y`, ``alliance_lag`` :math:`\\phi_A`.
+:math:`\\rho_e`: the same-session association), random client slopes :math:`b_i \\sim N(0, \\sigma_b^2)`
+of the lagged alliance effect (``random_slopes``; they enter the likelihood linearly and are
+integrated out in closed form, so the sampler never meets their funnel), and each client's first
+session drawn from a bivariate normal with its own SDs and correlation (no stationarity assumed).
+Terms: ``alliance_within`` :math:`\\beta_W` (previous session's alliance deviation -> this session's
+outcome), ``outcome_to_alliance`` :math:`\\delta`, ``outcome_lag`` :math:`\\phi_Y`, ``alliance_lag``
+:math:`\\phi_A`.
 
 *Sessions and missing cells.*  Each client's cells run without gaps from the first to the last
 observed session; a missed session is a cell whose values are both missing, and every missing

@@ -105,6 +105,10 @@ def _kernel(la, ly, ga, gy, a_miss, y_miss, theta, cell_client, time, first, a_o
     phi_a, phi_y, delta = theta[0], theta[1], theta[2]
     s_a, s_y, rho, s0_a, s0_y, rho0 = theta[3], theta[4], theta[5], theta[6], theta[7], theta[8]
     beta_w, sd_b = theta[9], theta[10]
+    if not (s_a > 0.0 and s_y > 0.0 and s0_a > 0.0 and s0_y > 0.0 and abs(rho) < 1.0 and abs(rho0) < 1.0):
+        # outside the support (a sampler's extreme step, e.g. an SD underflowing to 0): zero density
+        return (np.full((), -np.inf), np.zeros(n_clients), np.zeros(n_clients), np.zeros(n_clients),
+                np.zeros(n_clients), np.zeros(ia.shape[0]), np.zeros(iy.shape[0]), np.zeros(11))  # fmt: skip
     v = sd_b * sd_b
     k = rho * s_y / s_a
     q2 = s_y * s_y * (1.0 - rho * rho)
@@ -217,9 +221,10 @@ def _kernel(la, ly, ga, gy, a_miss, y_miss, theta, cell_client, time, first, a_o
     return np.full((), logp), g_la, g_ly, g_ga, g_gy, g_a_miss, g_y_miss, g_theta
 
 
-#: The kernel compiled for calls from Python (``perform``: PyMC's own NUTS, ``compile_logp``);
-#: cached on disk so that a new process loads it instead of compiling it again.
-_kernel_python = numba.njit(cache=True)(_kernel)
+#: The kernel compiled for calls from Python (``perform``: PyMC's own NUTS, ``compile_logp``) and
+#: from nutpie's compiled graph; cached on disk so that a new process loads it instead of compiling
+#: it again.  NumPy's error model: floating-point exceptions give inf/nan, never a Python exception.
+_kernel_python = numba.njit(cache=True, error_model="numpy")(_kernel)
 
 
 class LaggedLatentLoglik(Op):

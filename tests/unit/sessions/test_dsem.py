@@ -99,6 +99,15 @@ def test_without_random_slopes_each_cell_is_a_bivariate_normal():
     np.testing.assert_allclose(float(_kernel_python(*params, *data)[0]), total, rtol=LOGP_RTOL)
 
 
+@pytest.mark.parametrize(("index", "value"), [(3, 0.0), (4, -1.0), (5, 1.0), (8, -1.0)])
+def test_parameters_outside_the_support_give_zero_density(index, value):
+    """An SD of 0 or a correlation of +-1 (a sampler's extreme step) is -inf, never an exception."""
+    params, data = random_problem(np.random.default_rng(2), 3)
+    params[-1][index] = value
+    out = _kernel_python(*params, *data)
+    assert out[0] == -np.inf and all(np.all(g == 0) for g in out[1:])
+
+
 @pytest.mark.parametrize("mode", ["FAST_RUN", "NUMBA"])
 def test_op_gradient_through_pytensor(mode):
     """pytensor.grad of the Op (Python ``perform`` and the numba dispatch) returns the kernel's gradient."""
