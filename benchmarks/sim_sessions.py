@@ -13,7 +13,8 @@ Size: 120 clients (12 therapists, 3 sites; about 1,350 session rows) per replica
 (1,000 tuning + 2,000 draws) on one core: about 35 s of CPU per replicate (compilation ~12 s,
 sampling ~15-20 s, the two MixedLMs ~3 s), so 200 replicates take about 2 hours of one core.
 Replicates are appended to ``benchmarks/results/sim_sessions_<scenario>.csv`` as they finish and a
-rerun resumes where it stopped; the summary goes to ``benchmarks/results/sim_sessions.md``
+rerun resumes where it stopped; they run in worker processes of ``--chunk`` replicates each, one at a
+time, because numba keeps every compiled model in memory; the summary goes to ``benchmarks/results/sim_sessions.md``
 (both scenarios, whichever have results).  Every replicate's data and MCMC seeds derive from
 ``--seed`` and the replicate number, so a replicate reproduces exactly (timings aside).
 """
@@ -24,6 +25,7 @@ import argparse
 import dataclasses
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -152,11 +154,24 @@ def main(argv=None) -> int:
     parser.add_argument("--replicates", type=int, default=200)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--summary-only", action="store_true", help="only rewrite sim_sessions.md")
+    parser.add_argument("--no-summary", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--chunk", type=int, default=20,
+                        help="replicates per worker process (numba keeps every compiled model in memory, so a "
+                             "long run grows); 0 = all in this process")  # fmt: skip
     args = parser.parse_args(argv)
     RESULTS.mkdir(exist_ok=True)
     if not args.summary_only:
         print(f"design: {dataclasses.asdict(SCENARIOS[args.scenario].settings)}", flush=True)
-        run(args.scenario, args.replicates, args.seed)
+        if args.chunk > 0:
+            for stop in range(args.chunk, args.replicates + args.chunk, args.chunk):
+                stop = min(stop, args.replicates)
+                # one worker at a time, each resuming from the results file
+                subprocess.run([sys.executable, __file__, "--scenario", args.scenario, "--replicates", str(stop),
+                                "--seed", str(args.seed), "--chunk", "0", "--no-summary"], check=True)  # fmt: skip
+        else:
+            run(args.scenario, args.replicates, args.seed)
+    if args.no_summary:
+        return 0
     with atomic_path(RESULTS / "sim_sessions.md") as tmp:
         tmp.write_text(markdown())
     print(f"wrote {RESULTS / 'sim_sessions.md'}", file=sys.stderr)
