@@ -57,13 +57,16 @@ check the gradient.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+
 import numba
 import numpy as np
 import pytensor.tensor as pt
 from pytensor.gradient import disconnected_type
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
-from pytensor.link.numba.dispatch.basic import register_funcify_default_op_cache_key
+from pytensor.link.numba.dispatch.basic import register_funcify_and_cache_key
 
 #: Order of the scalar parameters in the ``theta`` input.
 THETA = ("alliance_ar", "outcome_ar", "outcome_to_alliance", "sigma_alliance", "sigma_outcome", "rho",
@@ -261,9 +264,15 @@ class LaggedLatentLoglik(Op):
         return [g * d for d in gradients] + [disconnected_type() for _ in DATA_INPUTS]
 
 
-@register_funcify_default_op_cache_key(LaggedLatentLoglik)
+#: PyTensor caches the numba code of an Op on disk under a key; the default key (the Op's type and
+#: props) would outlive a change of the kernel and serve stale machine code, so the key carries a hash
+#: of the kernel's source.
+_CACHE_KEY = "LaggedLatentLoglik-" + hashlib.sha256(inspect.getsource(_kernel).encode()).hexdigest()
+
+
+@register_funcify_and_cache_key(LaggedLatentLoglik)
 def _numba_funcify_lagged_latent(op, node=None, **kwargs):
-    return _kernel_python
+    return _kernel_python, _CACHE_KEY
 
 
 lagged_latent_loglik = LaggedLatentLoglik()
