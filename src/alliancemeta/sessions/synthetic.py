@@ -556,6 +556,11 @@ def _truth(seed, p: SessionSimulationParameters, frame, episodes, counts) -> dic
             "correlated trends and the symptom feedback leak into its lagged alliance coefficient",
             "observed alliance = latent + rounding to the 0.25 subscale grid and clipping to [1, 5] (SD about 0.125 "
             "on the sum), attenuating the alliance effects by about 2%",
+            "rupture dips are always negative, start at session 4 or later and recover over 1-3 sessions: they are "
+            "part of the alliance deviations (and so act on the next outcome through the lagged alliance effect), "
+            "but a model without them sees serially correlated negative shocks, which lengthen the alliance "
+            "autocorrelation and flatten the observed alliance and outcome trends a little; alliance_lag, "
+            "alliance_session and session are the parameters of the process outside the dips",
             "counts of dropouts, missed sessions and blank cells are per client (members of a case count each); "
             "missed_sessions counts the gaps before each client's last attended session",
         ],
