@@ -41,7 +41,7 @@ lint: $(STAMP)
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 verify: $(STAMP)
 	$(BIN)/alliancemeta verify

@@ -7,10 +7,11 @@ seed :data:`SEED` from a bivariate normal (SDs :data:`SLOPE_SD`, correlation :da
 have no random alliance slope (their generator has none, so REML puts its variance at zero), and this column gives
 the reference a correlated random slope away from the boundary.
 
-Rows are sorted by client and session.  ``alliance_within_lag`` and ``outcome_lag`` are empty where the
-previous session (session - 1) was not observed (:func:`alliancemeta.sessions.data.lag_frame`), so the
-lagged model fits the rows where they are present.  Floats are written with 17 significant digits, so
-both sides read the same doubles.
+Rows are sorted by client and session; rows with a blank alliance or outcome cell are left out (the complete
+cases of the within/between models).  ``alliance_within_lag`` and ``outcome_lag`` (the package's person-mean-centred
+lagged outcome) are empty where the previous session (session - 1) has no row or a blank cell
+(:func:`alliancemeta.sessions.data.lag_frame`), so the lagged model fits the rows where both are present.  Floats are
+written with 17 significant digits, so both sides read the same doubles.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ SLOPE_CORR = 0.4
 
 
 def lmm_sessions() -> pd.DataFrame:
-    """The decomposed bundled data with the lag columns (missing where there is no lag)."""
+    """The decomposed bundled data with the lag columns (missing where there is no lag), complete in y and alliance."""
     decomposed = decompose_alliance(read_session_table(RAW), outcome_lower_is_better=True)
     lagged = lag_frame(decomposed)[["client", "session", "alliance_within_lag", "outcome_lag"]]
     out = decomposed.merge(lagged, on=["client", "session"], how="left", validate="one_to_one")
+    out = out.dropna(subset=["y", "alliance_within"])
     out = out.sort_values(["client", "session"], kind="stable").reset_index(drop=True)
     codes, uniques = pd.factorize(out["client"], sort=True)
     cov = np.array([[SLOPE_SD[0] ** 2, SLOPE_CORR * SLOPE_SD[0] * SLOPE_SD[1]],

@@ -1,5 +1,9 @@
 """The linear mixed model engine against lme4 + lmerTest (tests/reference/lmm.json from refs_lmm.R).
 
+The fixture data follow the bundled SYNTHETIC session data (``make_lmm_data.py``); after the data were regenerated
+with the realistic generator (blank cells, random alliance slopes) the fixture was regenerated and the measured
+maxima below were re-checked (they stay within the same orders of magnitude; see the sessions notes).
+
 Every case of the fixture is fitted from the same CSV that R read.  lme4 ran BOBYQA to rhoend = 1e-12; the engine
 polishes its optimum with Newton steps on the analytic gradient.  Measured maxima over all cases (relative): fixed
 effects 3e-7 (lagged), standard errors 2e-6, variance components 8e-6, Satterthwaite df 4e-6, log-likelihood 1e-10
@@ -48,8 +52,8 @@ R = RandomTerm
 SPECS = {
     "wb_intercepts": ("d", "y", WB, R("client"), R("therapist"), True),
     "wb_session_diag": ("d", "y", WB, R("client", ("session",), correlated=False), R("therapist"), True),
-    "wb_slope_corr_singular": ("d", "y", WB, R("client", ("alliance_within",)), R("therapist"), True),
-    "wb_slope_diag_singular": ("d", "y", WB, R("client", ("alliance_within",), correlated=False), R("therapist"), True),
+    "wb_slope_corr": ("d", "y", WB, R("client", ("alliance_within",)), R("therapist"), True),
+    "wb_slope_diag": ("d", "y", WB, R("client", ("alliance_within",), correlated=False), R("therapist"), True),
     "therapist": (
         "d", "y", ("alliance_therapist", "alliance_between", "session"),
         R("client", ("session",), correlated=False), R("therapist"), True,
@@ -86,7 +90,7 @@ def lme4_formula(response, fixed, client, therapist) -> str:
 def data():
     d = pd.read_csv(HERE / "data" / "lmm_sessions.csv", dtype={"client": str, "therapist": str})
     sleep = pd.read_csv(HERE / "data" / "sleepstudy.csv", dtype={"Subject": str, "pair": str})
-    return {"d": d, "lagged": d.dropna(subset=["outcome_lag"]), "sleep": sleep}
+    return {"d": d, "lagged": d.dropna(subset=["outcome_lag", "alliance_within_lag"]), "sleep": sleep}
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +142,11 @@ def test_fixed_effects(fits, case):
 def test_satterthwaite(fits, case):
     fit, ref = fits[case], REF[case]
     assert_close(fit.df, ref["df"], rtol=DF_RTOL, what=f"{case} Satterthwaite df")
-    np.testing.assert_allclose(-np.log10(fit.pval), -np.log10(ref["pval"]), rtol=0, atol=LOG10P_ATOL)
+    # p-values below the smallest normal double (R's pt reaches subnormals, SciPy returns 0) are not compared
+    normal = np.asarray(ref["pval"], dtype=float) > np.finfo(float).tiny
+    np.testing.assert_allclose(-np.log10(fit.pval[normal]), -np.log10(np.asarray(ref["pval"])[normal]), rtol=0,
+                               atol=LOG10P_ATOL)  # fmt: skip
+    assert np.all(fit.pval[~normal] < 1e-300)
     assert_close(fit.ci_lb, ref["ci_lb"], rtol=SE_RTOL, atol=1e-9, what=f"{case} ci_lb")
     assert_close(fit.ci_ub, ref["ci_ub"], rtol=SE_RTOL, atol=1e-9, what=f"{case} ci_ub")
     for name, c in ref.get("contrasts", {}).items():

@@ -25,9 +25,10 @@ MODELS: dict = REF["models"]
 #: A log-likelihood at the optimum is the same number whichever side computed it: absolute 1e-8 covers the
 #: round-off of sums over k = 401 terms and of R's piecewise integrals (rel.tol 1e-12).
 LL_ATOL = 1e-8
-#: metafor's own selmodel fit (nlminb; default control) is within this of the maximum (relative, on beta):
-#: the worst measured cases are listed in the notes of the test below.
-METAFOR_OWN_RTOL = 5e-2
+#: metafor's own selmodel fit (default control) is within this of the maximum (relative, on beta). Worst case in
+#: the fixture: bangertdrowns2004/beta, 5.75% (BFGS stops on a flat ridge 0.0034 below the maximum log-likelihood);
+#: every other case is within 1.2%.
+METAFOR_OWN_RTOL = 0.1
 
 
 FITTED = [n for n, c in MODELS.items() if "refined" in c]

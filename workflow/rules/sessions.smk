@@ -1,7 +1,8 @@
-# Stage sessions: session-level analyses of each session dataset: REML mixed models
-# (within/between/therapist, lagged) with a Bayesian within/between model, descriptives,
-# rupture-repair episodes, early alliance vs outcome change, two-stage pooling over sites, and the
-# session figures.  Coefficients follow SPEC §4: positive = a stronger alliance goes with a better outcome.
+# Stage sessions: session-level analyses of each session dataset: REML mixed models (within_between,
+# lagged, therapist, components, split; Satterthwaite df) with Bayesian within_between, components and
+# split models, descriptives, reliable-change rupture-repair episodes and their outcome, early alliance
+# vs outcome change, two-stage pooling over sites, and the session figures.  Coefficients follow SPEC §4:
+# positive = a stronger alliance goes with a better outcome.
 
 
 rule sessions_models:
@@ -74,6 +75,13 @@ rule sessions_descriptives:
                 "table": "early alliance and outcome change",
             },
         ),
+        rupture_outcome=report(
+            "results/sessions/{dataset}/tables/rupture_outcome.csv",
+            caption="../report/sessions_rupture_outcome.rst",
+            category="Session level",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "table": "ruptures and outcome change"},
+        ),
     log:
         "logs/sessions/descriptives_{dataset}.log",
     conda:
@@ -81,6 +89,7 @@ rule sessions_descriptives:
     params:
         code=CODE,
         session=session,
+        seed=SETTINGS.seed,
         about=about_session,
     script:
         "../scripts/sessions_descriptives.py"

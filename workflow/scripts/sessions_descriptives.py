@@ -9,5 +9,7 @@ run_stage(
     snakemake.output.descriptives,
     snakemake.output.ruptures,
     snakemake.output.client_level,
+    snakemake.output.rupture_outcome,
     settings=snakemake.params.session,
+    seed=snakemake.params.seed,
 )

@@ -272,10 +272,13 @@ class SessionData:
 def read_sessions(path: str | os.PathLike, groups: Sequence[str] = ()) -> SessionData:
     """Read and validate a long-format session table (one row per client-session).
 
-    Checks: required columns present; ``session`` an integer >= 1; ``alliance`` and ``outcome``
-    finite numbers; labels non-blank; no client-session pair twice; each client within a single
-    therapist and site (clients are nested).  Clients observed in one session only are kept (they
-    inform between-client effects) and listed in the returned notes.
+    Checks: required columns present; ``session`` an integer >= 1; ``alliance``, ``outcome`` and
+    the Bordin subscales finite numbers or blank (a blank, ``NA`` or ``NaN`` cell is a missing
+    measurement: the row stays, so the session still counts in the session numbering and lags do
+    not bridge it); anything else in those columns is an error naming file, line and column;
+    labels non-blank; no client-session pair twice; each client within a single therapist, site
+    and case (clients are nested).  Clients observed in one session only are kept (they inform
+    between-client effects); they and the numbers of blank cells are listed in the returned notes.
     """
     table = read_table(path)
     _require_columns(
@@ -291,7 +294,7 @@ def read_sessions(path: str | os.PathLike, groups: Sequence[str] = ()) -> Sessio
     frame = pd.DataFrame({"client": _labels(table, "client").to_numpy()})
     frame["session"] = _integer(table, "session", 1).astype(int)
     for col in ("alliance", "outcome"):
-        frame[col] = _numeric(table, col)
+        frame[col] = _numeric(table, col, allow_blank=True)
     for col in ("therapist", "site", "case"):
         if col in table.columns:
             frame[col] = _labels(table, col).to_numpy()
@@ -311,7 +314,7 @@ def read_sessions(path: str | os.PathLike, groups: Sequence[str] = ()) -> Sessio
             f"{table.where(i, 'session')}: client {frame['client'].iloc[i]!r} session {frame['session'].iloc[i]} "
             f"repeats line {int(table.lines[first])}; expected one row per client-session"
         )
-    for level in ("therapist", "site"):
+    for level in ("therapist", "site", "case"):
         if level in frame.columns:
             n_levels = frame.groupby("client")[level].nunique()
             crossed = n_levels[n_levels > 1]
@@ -325,6 +328,12 @@ def read_sessions(path: str | os.PathLike, groups: Sequence[str] = ()) -> Sessio
                     f"and {first_value!r}; expected each client nested in one {level}"
                 )
     notes = list(table.notes)
+    for col in ("alliance", "outcome"):
+        n_blank = int(frame[col].isna().sum())
+        if n_blank:
+            first = int(np.flatnonzero(frame[col].isna().to_numpy())[0])
+            notes.append(f"{n_blank} blank {col} cell(s) (first on line {int(table.lines[first])}) are missing "
+                         "measurements: the rows stay, models use the complete cases they need")
     counts = frame.groupby("client")["session"].size()
     single = counts[counts == 1]
     if len(single):

@@ -196,6 +196,18 @@ class StudyDataset(NamedTuple):
     scale_moderators: tuple[str, ...]
 
 
+class RuptureSettings(NamedTuple):
+    """Rupture-repair rule of one session dataset (config ``sessions.NAME.ruptures``)."""
+
+    reliability: float
+    repair_within: int
+
+
+def scaled(sampler: SamplerSettings, scale: int) -> SamplerSettings:
+    """``sampler`` with ``scale`` times the draws and tuning steps."""
+    return sampler._replace(draws=sampler.draws * scale, tune=sampler.tune * scale)
+
+
 class SessionDataset(NamedTuple):
     """One session-level dataset (config ``sessions.NAME``) with the session-level model settings."""
 
@@ -205,6 +217,34 @@ class SessionDataset(NamedTuple):
     groups: tuple[str, ...]
     sampler: SamplerSettings
     level: float
+    detrend: bool
+    random_slopes: bool
+    alliance_max: float | None
+    covariates: tuple[str, ...]
+    ruptures: RuptureSettings
+    lagged_latent: bool
+    lagged_latent_sampler: SamplerSettings
+
+    @classmethod
+    def from_config(cls, name: str, entry: Mapping, sampler: SamplerSettings, level: float,
+                    lagged_latent_scale: int) -> SessionDataset:
+        """From a validated ``sessions.NAME`` entry (every key present) and the shared sampler and level."""
+        alliance_max = entry["alliance_max"]
+        return cls(
+            Dataset(name, bool(entry["synthetic"])),
+            str(entry["path"]),
+            bool(entry["outcome_lower_is_better"]),
+            tuple(entry["groups"]),
+            sampler,
+            float(level),
+            bool(entry["detrend"]),
+            bool(entry["random_slopes"]),
+            None if alliance_max is None else float(alliance_max),
+            tuple(entry["covariates"]),
+            RuptureSettings(float(entry["ruptures"]["reliability"]), int(entry["ruptures"]["repair_within"])),
+            bool(entry["lagged_latent"]),
+            scaled(sampler, lagged_latent_scale),
+        )
 
 
 class Settings(NamedTuple):
@@ -231,14 +271,8 @@ class Settings(NamedTuple):
             for name, entry in config["studies"].items()
         }
         sessions = {
-            name: SessionDataset(
-                Dataset(name, bool(entry["synthetic"])),
-                str(entry["path"]),
-                bool(entry["outcome_lower_is_better"]),
-                tuple(entry["groups"]),
-                session_sampler,
-                meta.level,
-            )
+            name: SessionDataset.from_config(name, entry, session_sampler, meta.level,
+                                             int(config["sessions_bayes"]["lagged_latent_scale"]))
             for name, entry in config["sessions"].items()
         }
         return cls(

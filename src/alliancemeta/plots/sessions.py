@@ -22,7 +22,9 @@ TERM_LABELS = {
     "alliance_therapist": "Between therapists\n(therapist mean)",
 }
 ENGINE_COLOURS = {"mixedlm": PALETTE["accent"], "pymc": PALETTE["highlight"]}
-MODEL_MARKERS = {"within_between": "o", "lagged": "s", "therapist": "D"}
+#: Models drawn in the coefficient figure (the ``components`` and ``split`` models decompose the alliance
+#: differently; their ``alliance_therapist`` is a control and is not drawn).
+MODEL_MARKERS = {"within_between": "o", "lagged": "s", "therapist": "D", "lagged_latent": "^"}
 
 
 def _title(dataset_label: str, what: str) -> str:
@@ -49,7 +51,7 @@ def trajectories_figure(frame: pd.DataFrame, outcome_lower_is_better: bool, leve
                 part = frame[frame["client"] == client]
                 ax.plot(part["session"], part[col], color="0.6", lw=0.4, alpha=0.6)
             by = frame.groupby("session")[col]
-            mean, se = by.mean(), by.std(ddof=1) / np.sqrt(by.size())
+            mean, se = by.mean(), by.std(ddof=1) / np.sqrt(by.count())  # blank cells left out
             ax.fill_between(mean.index, mean - crit * se, mean + crit * se, color=accent, alpha=0.25, lw=0)
             ax.plot(mean.index, mean, color=accent, lw=1.8, label=f"Mean ({_pct(level)} CI)")
             ax.set_xlabel("Session")
@@ -66,7 +68,8 @@ def trajectories_figure(frame: pd.DataFrame, outcome_lower_is_better: bool, leve
 def coefficients_figure(table: pd.DataFrame, level: float, dataset_label: str = ""):
     """Alliance coefficients with their intervals at ``level`` from ``mixed_models.csv``: one row per model and
     engine within each alliance component (sign convention: positive = better outcome)."""
-    rows = table[table["term"].isin(ALLIANCE_TERMS)].copy()
+    rows = table[table["term"].isin(ALLIANCE_TERMS) & table["model"].isin(MODEL_MARKERS)
+                 & np.isfinite(table["estimate"])].copy()
     rows["order"] = rows["term"].map({t: k for k, t in enumerate(ALLIANCE_TERMS)})
     rows = rows.sort_values(["order", "model", "engine"], kind="stable")
     with plt.rc_context(STYLE):
@@ -85,13 +88,13 @@ def coefficients_figure(table: pd.DataFrame, level: float, dataset_label: str = 
                 ax.text(1.01, ys.mean(), TERM_LABELS[term], transform=ax.get_yaxis_transform(), va="center",
                         fontsize=7)  # fmt: skip
                 ax.axhline(ys.min() - 0.5, color="0.85", lw=0.5)
-        ax.set_xlabel(f"Coefficient per alliance point ({_pct(level)} CI; positive = better outcome)")
+        ax.set_xlabel(f"Coefficient per alliance point ({_pct(level)} interval; positive = better outcome)")
         ax.set_title(_title(dataset_label, "alliance components"), loc="left")
         ax.tick_params(axis="y", length=0)
         handles = [Line2D([], [], color=c, lw=1.2, label=e) for e, c in ENGINE_COLOURS.items()
                    if e in set(rows["engine"])]  # fmt: skip
         handles += [Line2D([], [], ls="", marker=m, color="0.3", ms=4.5, label=model + (
-            " (previous session's within-client alliance)" if model == "lagged" else ""))
+            " (previous session's within-client alliance)" if model.startswith("lagged") else ""))
             for model, m in MODEL_MARKERS.items() if model in set(rows["model"])]  # fmt: skip
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12 * 4.0 / (0.9 + 0.32 * len(rows))),
                   ncol=2, fontsize=6.5)  # fmt: skip
@@ -100,7 +103,7 @@ def coefficients_figure(table: pd.DataFrame, level: float, dataset_label: str = 
 
 def posterior_figure(idata: az.InferenceData, table: pd.DataFrame | None, level: float, dataset_label: str = ""):
     """Posterior densities (Gaussian KDE) of the Bayesian ``within_between`` alliance coefficients
-    with their equal-tailed intervals at ``level``; the REML estimate and Wald CI of the same model are
+    with their equal-tailed intervals at ``level``; the REML estimate and t interval of the same model are
     drawn for comparison when ``table`` (``mixed_models.csv``) is given."""
     q_hi = upper_quantile(level)
     beta = idata.posterior["beta"]
@@ -135,7 +138,7 @@ def posterior_figure(idata: az.InferenceData, table: pd.DataFrame | None, level:
         ]
         if table is not None:
             handles.append(Line2D([], [], color=ENGINE_COLOURS["mixedlm"], marker="o", ms=3.5, lw=1.2,
-                                  label=f"REML estimate ({_pct(level)} Wald CI)"))  # fmt: skip
+                                  label=f"REML estimate ({_pct(level)} Satterthwaite t CI)"))  # fmt: skip
         fig.legend(handles=handles, loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.04))
         fig.suptitle(_title(dataset_label, "posterior of the Bayesian within/between model"), x=0.01, ha="left",
                      fontsize=9)

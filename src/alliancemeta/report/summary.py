@@ -99,6 +99,10 @@ REFERENCES = {
     "https://doi.org/10.31222/osf.io/qg5x6_v1",
     "Citkowicz & Vevea, 2017": "Citkowicz, M., & Vevea, J. L. (2017). A parsimonious weight function for modeling "
     "publication bias. *Psychological Methods, 22*(1), 28–41.",
+    "Asparouhov et al., 2018": "Asparouhov, T., Hamaker, E. L., & Muthén, B. (2018). Dynamic structural equation "
+    "models. *Structural Equation Modeling, 25*(3), 359–388.",
+    "McNeish & Hamaker, 2020": "McNeish, D., & Hamaker, E. L. (2020). A primer on two-level dynamic structural "
+    "equation models for intensive longitudinal data in Mplus. *Psychological Methods, 25*(5), 610–635.",
     "Olkin et al., 2012": "Olkin, I., Dahabreh, I. J., & Trikalinos, T. A. (2012). GOSH – a graphical display of "
     "study heterogeneity. *Research Synthesis Methods, 3*(3), 214–223.",
     "Wang & Lee, 2019": "Wang, C.-C., & Lee, W.-C. (2019). A simple method to estimate prediction intervals and "
@@ -683,6 +687,15 @@ def session_summary(
         "ESS ≥ 400 and no divergences required). Where sites exist, per-site within-client effects were pooled in a "
         f"two-stage individual-participant-data meta-analysis ({_cite('Flückiger et al., 2020')})."
     ]
+    if "mixed_models" in tables and (tables["mixed_models"]["model"] == "lagged_latent").any():
+        methods.append(
+            "A dynamic multilevel model in the spirit of dynamic structural equation modelling "
+            f"({_cite('Asparouhov et al., 2018', 'McNeish & Hamaker, 2020')}) estimated latent client levels and "
+            "linear trends of alliance and outcome, with both series autoregressive and cross-lagged in both "
+            "directions, random client slopes of the lagged alliance effect, and missing sessions and blank cells "
+            "imputed, so that the within-client lagged effect is not confounded by trends, symptom feedback or "
+            "observed-mean centring."
+        )
     results = []
     headline = f"The session-level dataset holds {design}."
     if "mixed_models" in tables:
@@ -705,6 +718,13 @@ def session_summary(
         pymc = mm[mm["engine"] == "pymc"]
         for model, part in pymc.groupby("model", sort=False):
             part = part.set_index("term")
+            if model == "lagged_latent" and {"alliance_within", "outcome_to_alliance"} <= set(part.index):
+                results.append(
+                    "In the dynamic multilevel model `lagged_latent` (latent client levels and trends), the previous "
+                    f"session's alliance predicted the next outcome with {_coef(part.loc['alliance_within'], pct)}, "
+                    f"and the previous outcome the next alliance with {_coef(part.loc['outcome_to_alliance'], pct)}."
+                )
+                continue
             if "alliance_within" in part.index:
                 results.append(
                     f"Bayesian `{model}` model: within-client alliance {_coef(part.loc['alliance_within'], pct)}."

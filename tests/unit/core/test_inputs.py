@@ -98,6 +98,19 @@ def test_sessions_good(tmp_path):
     assert any("single session" in n for n in data.notes)
 
 
+def test_sessions_blank_alliance_and_outcome_are_missing(tmp_path):
+    """A blank (or NA) alliance or outcome cell is a missing measurement: the row stays, the value is NaN."""
+    text = ("client,session,alliance,outcome\n"
+            "c1,1,4.0,20\nc1,2,,18\nc1,3,4.4,NA\nc1,4,,\nc2,1,3.5,25\nc2,2,3.6,24\n")  # fmt: skip
+    data = io.read_sessions(write(tmp_path, text))
+    frame = data.frame
+    assert len(frame) == 6
+    assert frame["alliance"].isna().tolist() == [False, True, False, True, False, False]
+    assert frame["outcome"].isna().tolist() == [False, False, True, True, False, False]
+    assert any("2 blank alliance cell(s) (first on line 3)" in n for n in data.notes)
+    assert any("2 blank outcome cell(s) (first on line 4)" in n for n in data.notes)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -106,6 +119,13 @@ def test_sessions_good(tmp_path):
          "repeats line 2"),
         ("client,session,alliance\nc1,1,4\n", "required column 'outcome' is missing"),
         ("client,session,alliance,outcome\nc1,1,x,20\n", "line 2, column alliance: 'x' is not a number"),
+        ("client,session,alliance,outcome\nc1,1,4,20\nc1,2,,19\nc1,3,4,abc\n",
+         "line 4, column outcome: 'abc' is not a number"),
+        ("client,session,alliance,outcome\nc1,1,4,20\nc1,2,\"4,5\",19\n",
+         "line 3, column alliance: '4,5' uses a decimal comma"),
+        ("client,session,alliance,outcome\nc1,1,inf,20\n", "line 2, column alliance: 'inf' is not a number"),
+        ("client,session,alliance,outcome,case\nc1,1,4,20,k1\nc1,2,4,20,k2\n",
+         "line 3, column case: client 'c1' appears under case 'k2' and 'k1'"),
         ("client,session,alliance,outcome,therapist\nc1,1,4,20,t1\nc1,2,4,20,t2\n",
          "line 3, column therapist: client 'c1' appears under therapist 't2' and 't1'"),
     ],
