@@ -186,10 +186,14 @@ def _wait_logging_progress(sampler, draws: int, tune: int):
             continue
         last = now
         part = sampler.inspect()
-        if "posterior" not in part.groups() or not part.posterior.data_vars:
+        # the first variable with values: none while every chain is still tuning (no posterior draw yet), and a
+        # variable can be empty (e.g. imputed cells when none are missing)
+        first = None
+        if "posterior" in part.groups():
+            first = next((v for v in part.posterior.data_vars.values() if v.size), None)
+        if first is None:
             log.info("sampling: %.0f s, chains tuning (%d steps each)", now - start, tune)
             continue
-        first = next(iter(part.posterior.data_vars.values()))
         values = first.values.reshape(first.sizes["chain"], first.sizes["draw"], -1)
         done = np.isfinite(values[:, :, 0]).sum(axis=1)
         div = int(part.sample_stats["diverging"].sum()) if "diverging" in part.sample_stats else 0
