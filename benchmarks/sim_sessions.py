@@ -117,7 +117,7 @@ def markdown() -> str:
             "",
             f"- Replicates: {n_rep}; per replicate {design.n_clients} clients, {design.n_therapists} therapists, "
             f"{design.n_sites} sites, 8-20 planned sessions (about {design.n_clients * 11:,} session rows); "
-            f"true alliance_within {-p.beta_within_lag:g}, outcome_lag {p.outcome_ar:g}, outcome_to_alliance "
+            f"true alliance_within {-p.beta_within_lag + 0.0:g}, outcome_lag {p.outcome_ar:g}, outcome_to_alliance "
             f"{-p.outcome_to_alliance:g}, alliance trend SD {p.sd_alliance_trend:g} and outcome trend SD "
             f"{p.sd_outcome_trend:g} per session with correlation {-p.trend_correlation:g} (aligned), random slope "
             f"SD {p.sd_within_slope:g}; {p.p_missed_session:.0%} missed sessions, {p.p_missing_alliance:.0%} / "
@@ -136,7 +136,8 @@ def markdown() -> str:
         ]
         for r in summary.itertuples():
             lines.append(
-                f"| {r.estimator} | {r.term} | {r.truth:g} | {r.n_estimates} | {r.n_failed} | {fmt(r.mean_estimate)}"
+                f"| {r.estimator} | {r.term} | {r.truth + 0.0:g} | {r.n_estimates} | {r.n_failed} "
+                f"| {fmt(r.mean_estimate)}"
                 f" | {fmt(r.bias)} ({fmt(r.bias_mcse)}) | {fmt(r.rmse)} | {fmt(100 * r.coverage, 1)}% "
                 f"({fmt(100 * r.coverage_mcse, 1)}) | {fmt(r.mean_se)} | {fmt(r.sd_estimate)} |"
             )

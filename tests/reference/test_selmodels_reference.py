@@ -63,17 +63,6 @@ def test_fixture_covers_every_type_and_four_datasets():
     assert len(DATASETS) >= 4
 
 
-@pytest.mark.parametrize("name", [n for n, c in MODELS.items() if "error" in c])
-def test_metafor_errors_are_ours(name):
-    """Where selmodel stops (e.g. an empty p-value interval), selmodel() raises and the table row is NaN."""
-    case = MODELS[name]
-    kind, steps = TYPES[case["type"]]
-    with pytest.raises(ValueError):
-        selmodel(*data(case["dataset"]), kind, steps=steps)
-    row = table(case["dataset"]).loc[case["type"]]
-    assert np.isnan(row["estimate"]) and row["note"]
-
-
 @pytest.mark.parametrize("name", FITTED)
 def test_estimates(name):
     ref = MODELS[name]["refined"]
