@@ -72,7 +72,8 @@ def robma_figure(fit, dataset_label: str = ""):
         ax.set_xlabel("log10 inclusion Bayes factor")
         ax.set_title("Inclusion Bayes factors")
         for yi, b in zip(y, bfs, strict=True):
-            ax.text(np.log10(b), yi, f" {b:.3g}", va="center", ha="left" if b >= 1 else "right", fontsize=6)
+            # to the right of the bar's end, or of zero for a BF below 1 (left of it are the category labels)
+            ax.text(max(np.log10(b), 0.0), yi, f" {b:.3g}", va="center", ha="left", fontsize=6)
 
         ax = axes[2]
         x = np.linspace(-0.99, 0.99, 7921)
