@@ -29,7 +29,8 @@ def test_replicate_rows_and_reproducibility():
     assert a["estimator"].tolist() == ["lagged", "lagged", "lagged_detrended", "lagged_detrended"]
     assert set(a["term"]) == {"alliance_within", "outcome_lag"}
     assert a["status"].str.startswith("ok").all()
-    assert (a["truth"] == a["term"].map(lambda t: {"alliance_within": 1.6, "outcome_lag": 0.35}[t])).all()
+    p = design.params  # the truth on the aligned scale (outcome sign-flipped: positive = better)
+    assert (a["truth"] == a["term"].map({"alliance_within": -p.beta_within_lag, "outcome_lag": p.outcome_ar})).all()
     pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
     assert (a["ci_lb"] < a["estimate"]).all() and (a["estimate"] < a["ci_ub"]).all()
     other = run_replicate(design, 1, 5)

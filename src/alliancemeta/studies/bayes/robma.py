@@ -417,12 +417,19 @@ def three_level_normal_loglik(data: RobmaData, resid: np.ndarray, sigma2_study: 
 
     with :math:`d_i = v_i + \sigma^2_w`, :math:`S_{1j} = \sum_{i \in j} 1/d_i`, :math:`S_{2j} = \sum_{i\in j} r_i/d_i`.
     """
+    return _three_level_parts(data, resid, sigma2_study, sigma2_within)[0]
+
+
+def _three_level_parts(data: RobmaData, resid, sigma2_study, sigma2_within):
+    """:func:`three_level_normal_loglik` and the sums it is built from, ``(loglik, d, S1, S2)``, for callers that
+    need the study-level posterior of the true effects as well (mean ``mu + V S2``, ``V = s2 / (1 + s2 S1)``)."""
     d = data.vi[None, :] + sigma2_within[:, None]
     s1 = _segment_sum(1.0 / d, data.starts)
     s2 = _segment_sum(resid / d, data.starts)
     c = 1.0 + sigma2_study[:, None] * s1
-    return -0.5 * (data.k * LOG_2PI + np.log(d).sum(1) + np.log(c).sum(1) + (resid**2 / d).sum(1)
-                   - sigma2_study * (s2**2 / c).sum(1))
+    ll = -0.5 * (data.k * LOG_2PI + np.log(d).sum(1) + np.log(c).sum(1) + (resid**2 / d).sum(1)
+                 - sigma2_study * (s2**2 / c).sum(1))
+    return ll, d, s1, s2
 
 
 def three_level_selection_loglik(data: RobmaData, mu: np.ndarray, sigma2_study: np.ndarray,
@@ -439,10 +446,7 @@ def three_level_selection_loglik(data: RobmaData, mu: np.ndarray, sigma2_study: 
     for s in range(0, n, step):
         m0, ss, sw, om = mu[s : s + step], sigma2_study[s : s + step], sigma2_within[s : s + step], omega[s : s + step]
         resid = data.yi[None, :] - m0[:, None]
-        gauss = three_level_normal_loglik(data, resid, ss, sw)
-        d = data.vi[None, :] + sw[:, None]
-        s1 = _segment_sum(1.0 / d, data.starts)
-        s2 = _segment_sum(resid / d, data.starts)
+        gauss, d, s1, s2 = _three_level_parts(data, resid, ss, sw)
         V = ss[:, None] / (1.0 + ss[:, None] * s1)
         m = m0[:, None] + V * s2
         theta = m[:, data.codes, None] + np.sqrt(V)[:, data.codes, None] * x[None, None, :]  # (n, k, Q)
