@@ -53,3 +53,10 @@ write_ref <- function(topic, cases, extra_pkgs = character()) {
   writeLines(toJSON(as_ref(doc), json_verbatim = TRUE, auto_unbox = TRUE, pretty = TRUE, na = "null", null = "null"), path)
   message("wrote ", path)
 }
+
+# One lmerTest contrast (L'beta) with Satterthwaite df, as refs_lmm.R and refs_sessions.R store it (needs lmerTest).
+contrast_row <- function(fit, L) {
+  r <- contest1D(fit, L, confint = TRUE, level = 0.95)
+  list(L = unname(L), estimate = r$Estimate, se = r[["Std. Error"]], df = r$df, t = r[["t value"]],
+       pval = r[["Pr(>|t|)"]], ci_lb = r$lower, ci_ub = r$upper)
+}

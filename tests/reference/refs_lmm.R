@@ -63,12 +63,6 @@ contrasts <- list(
   sleepstudy_corr = list(day10 = c("(Intercept)" = 1, Days = 10))
 )
 
-contrast_row <- function(fit, L) {
-  r <- contest1D(fit, L, confint = TRUE, level = 0.95)
-  list(L = unname(L), estimate = r$Estimate, se = r[["Std. Error"]], df = r$df, t = r[["t value"]],
-       pval = r[["Pr(>|t|)"]], ci_lb = r$lower, ci_ub = r$upper)
-}
-
 summarise_fit <- function(fit, name, call, data_name, formula, reml, warnings) {
   beta <- fixef(fit)
   p <- length(beta)

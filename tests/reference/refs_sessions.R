@@ -91,12 +91,6 @@ specs <- list(
 )
 contrasts <- list(therapist = list(therapist_minus_between = c(alliance_therapist = 1, alliance_between = -1)))
 
-contrast_row <- function(fit, L) {
-  r <- contest1D(fit, L, confint = TRUE, level = 0.95)
-  list(L = unname(L), estimate = r$Estimate, se = r[["Std. Error"]], df = r$df, t = r[["t value"]],
-       pval = r[["Pr(>|t|)"]], ci_lb = r$lower, ci_ub = r$upper)
-}
-
 summarise_fit <- function(fit, name, call, data_name, formula, n_rows, warnings) {
   beta <- fixef(fit)
   p <- length(beta)
