@@ -60,3 +60,16 @@ contrast_row <- function(fit, L) {
   list(L = unname(L), estimate = r$Estimate, se = r[["Std. Error"]], df = r$df, t = r[["t value"]],
        pval = r[["Pr(>|t|)"]], ci_lb = r$lower, ci_ub = r$upper)
 }
+
+# Data written with 17 significant digits (15 when that already round-trips, so that e.g. 0.118 stays 0.118), so
+# that Python reads back exactly the doubles R fitted.
+write_csv17 <- function(df, path) {
+  out <- df
+  for (nm in names(out)) if (is.double(out[[nm]])) {
+    x <- out[[nm]]
+    s15 <- sprintf("%.15g", x)
+    out[[nm]] <- ifelse(as.numeric(s15) == x, s15, sprintf("%.17g", x))
+  }
+  write.csv(out, path, row.names = FALSE, quote = which(vapply(df, is.character, logical(1))), na = "")
+  message("wrote ", path)
+}

@@ -26,21 +26,10 @@ DATA_DIR <- file.path("tests", "reference", "data")
 RHOS <- c(0.2, 0.5, 0.8)
 
 # 17 significant digits where 15 do not round-trip, so Python reads back exactly the doubles R fitted.
-write_data_csv <- function(df, path) {
-  out <- df
-  for (nm in names(out)) if (is.double(out[[nm]])) {
-    x <- out[[nm]]
-    s15 <- sprintf("%.15g", x)
-    out[[nm]] <- ifelse(as.numeric(s15) == x, s15, sprintf("%.17g", x))
-  }
-  write.csv(out, path, row.names = FALSE, quote = which(vapply(df, is.character, logical(1))), na = "")
-  message("wrote ", path)
-}
-
 # ---- data ------------------------------------------------------------------------------------------
 # Assink & Wibbelink (2016): 100 standardised mean differences (delinquency) in 17 studies, 1 to 22 each.
 assink <- metadat::dat.assink2016[, c("study", "esid", "yi", "vi", "year", "deltype")]
-write_data_csv(assink, file.path(DATA_DIR, "assink2016.csv"))
+write_csv17(assink, file.path(DATA_DIR, "assink2016.csv"))
 
 DATASETS <- list(
   assink2016 = list(path = file.path(DATA_DIR, "assink2016.csv"), setup = "dat <- read.csv(\"%s\")",

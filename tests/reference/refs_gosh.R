@@ -22,17 +22,6 @@
 
 DATA_DIR <- file.path("tests", "reference", "data")
 
-write_csv17 <- function(df, path) {
-  out <- df
-  for (nm in names(out)) if (is.double(out[[nm]])) {
-    x <- out[[nm]]
-    s15 <- sprintf("%.15g", x)
-    out[[nm]] <- ifelse(as.numeric(s15) == x, s15, sprintf("%.17g", x))
-  }
-  write.csv(out, path, row.names = FALSE, quote = which(vapply(df, is.character, logical(1))), na = "")
-  message("wrote ", path)
-}
-
 cohen <- metadat::dat.cohen1981[, c("study", "ni", "ri")]
 write_csv17(cohen, file.path(DATA_DIR, "cohen1981.csv"))
 # tests/reference/data/mcdaniel1994.csv (all columns of metadat::dat.mcdaniel1994) is written by

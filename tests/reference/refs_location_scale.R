@@ -22,21 +22,10 @@ Sys.setlocale("LC_COLLATE", "C")
 CTRL <- "control=list(rel.tol=1e-12, iter.max=10000, eval.max=10000)"
 DATA_DIR <- file.path("tests", "reference", "data")
 
-write_data_csv <- function(df, path) {
-  out <- df
-  for (nm in names(out)) if (is.double(out[[nm]])) {
-    x <- out[[nm]]
-    s15 <- sprintf("%.15g", x)
-    out[[nm]] <- ifelse(as.numeric(s15) == x, s15, sprintf("%.17g", x))
-  }
-  write.csv(out, path, row.names = FALSE, quote = which(vapply(df, is.character, logical(1))), na = "")
-  message("wrote ", path)
-}
-
 bd <- metadat::dat.bangertdrowns2004
 bd <- data.frame(id = bd$id, author = bd$author, year = bd$year, grade = bd$grade, length = bd$length, wic = bd$wic,
                  feedback = bd$feedback, meta = bd$meta, ni = bd$ni, yi = as.numeric(bd$yi), vi = as.numeric(bd$vi))
-write_data_csv(bd, file.path(DATA_DIR, "bangertdrowns2004.csv"))
+write_csv17(bd, file.path(DATA_DIR, "bangertdrowns2004.csv"))
 
 DATASETS <- list(
   molloy2014 = list(path = "data/raw/molloy2014.csv",

@@ -16,19 +16,6 @@ suppressPackageStartupMessages(library(clubSandwich))
 CTRL <- "control=list(rel.tol=1e-12, iter.max=10000, eval.max=10000)"
 DATA_DIR <- file.path("tests", "reference", "data")
 
-# Numbers written with 17 significant digits so that Python reads back exactly the doubles R fitted.
-# (15 when that already round-trips, so that e.g. 0.118 stays 0.118).
-write_csv17 <- function(df, path) {
-  out <- df
-  for (nm in names(out)) if (is.double(out[[nm]])) {
-    x <- out[[nm]]
-    s15 <- sprintf("%.15g", x)
-    out[[nm]] <- ifelse(as.numeric(s15) == x, s15, sprintf("%.17g", x))
-  }
-  write.csv(out, path, row.names = FALSE, quote = which(vapply(df, is.character, logical(1))), na = "")
-  message("wrote ", path)
-}
-
 # ---- data ------------------------------------------------------------------------------------------
 # (a) Konstantopoulos (2011): 56 standardised mean differences from schools nested in 11 districts.
 kon <- metadat::dat.konstantopoulos2011[, c("district", "school", "year", "yi", "vi")]
