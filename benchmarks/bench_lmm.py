@@ -12,7 +12,8 @@ Data: up to 5,000 clients from :func:`alliancemeta.sessions.synthetic.simulate_s
 therapist, 4 sites: 1,000 clients give about 11,000 rows and 3,000 about 34,000); above that from the vectorised
 generator :func:`simulate_large` here (same design in outline: 8-20 sessions per client, therapist and client
 alliance components, random intercepts and session slopes; seed 1), since the session simulator loops over
-clients.  Both go through :func:`alliancemeta.sessions.data.decompose_alliance`.
+clients.  Both go through :func:`alliancemeta.sessions.data.decompose_alliance`; rows with a blank alliance or
+outcome cell are left out (complete cases, as the pipeline fits them).
 
 With ``ALLIANCEMETA_BENCH_R=1`` and ``Rscript`` on the PATH, the same data (written to CSV) are fitted in R:
 ``lme4::lmer`` with its default control (the time a user sees), ``lmerTest::lmer`` (adds the Satterthwaite
@@ -108,7 +109,9 @@ def make_data(n_clients: int) -> pd.DataFrame:
         frame, _ = simulate_sessions(SEED, n_sites=4, n_therapists=max(4, n_clients // 10), n_clients=n_clients)
     else:
         frame = simulate_large(n_clients)
-    return decompose_alliance(frame, True)
+    # the session generator leaves blank alliance and outcome cells, as real data have: complete cases, as the
+    # pipeline's models use them
+    return decompose_alliance(frame, True).dropna(subset=["y", *FIXED]).reset_index(drop=True)
 
 
 def time_python(data: pd.DataFrame, model: str, repeats: int):
