@@ -40,8 +40,11 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 
+# Test modules run in parallel worker processes (pytest-xdist), each module whole in one worker, so that a
+# module's expensive fixture is made once; the integration run shared across modules is made once per session
+# (tests/integration/conftest.py).
 test: $(STAMP) lint
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest -n auto --dist loadscope --durations=15
 
 verify: $(STAMP)
 	$(BIN)/alliancemeta verify

@@ -1,5 +1,6 @@
 """The multiverse rules on the tiny integration config: batches as jobs, the gathered table and its contract,
-the summary and the specification curve (the run is shared with test_slurm.py: workflow_copy.local_run)."""
+the summary and the specification curve (the run is shared with test_pipeline.py and test_slurm.py: the
+fixture integration_run of conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import subprocess
 
 import pandas as pd
 import pytest
-from workflow_copy import INTEGRATION_MULTIVERSE, local_run, quiet_env, snakemake_command
+from workflow_copy import INTEGRATION_MULTIVERSE, quiet_env, snakemake_command
 
 from alliancemeta.studies.multiverse import MULTIVERSE_COLUMNS, SUMMARY_COLUMNS
 
@@ -22,8 +23,8 @@ def read_text_table(path) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
-def test_multiverse_table_contract_and_batches():
-    _, work, _ = local_run()
+def test_multiverse_table_contract_and_batches(integration_run):
+    work = integration_run.work
     table = read_text_table(work / RESULTS / "tables/multiverse.csv")
     assert list(table.columns[: len(MULTIVERSE_COLUMNS)]) == list(MULTIVERSE_COLUMNS)
     assert table["spec_id"].astype(int).tolist() == list(range(1, len(table) + 1))
@@ -41,8 +42,8 @@ def test_multiverse_table_contract_and_batches():
     assert summary.iloc[0]["n_specs"] == "168"
 
 
-def test_reml_knha_row_equals_random_effects_csv():
-    _, work, _ = local_run()
+def test_reml_knha_row_equals_random_effects_csv(integration_run):
+    work = integration_run.work
     table = read_text_table(work / RESULTS / "tables/multiverse.csv")
     ref = read_text_table(work / RESULTS / "tables/random_effects.csv")
     ref = ref[(ref["estimator"] == "REML") & (ref["test"] == "knha")].iloc[0]
@@ -55,8 +56,8 @@ def test_reml_knha_row_equals_random_effects_csv():
         assert row.iloc[0][column] == ref[column], column
 
 
-def test_specification_curve_and_nothing_to_do_on_rerun():
-    snakefile, work, _ = local_run()
+def test_specification_curve_and_nothing_to_do_on_rerun(integration_run):
+    snakefile, work, _ = integration_run
     for suffix in ("pdf", "png"):
         assert (work / RESULTS / f"figures/specification_curve.{suffix}").stat().st_size > 10_000
     proc = subprocess.run(

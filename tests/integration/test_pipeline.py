@@ -1,7 +1,10 @@
 """Run the real Snakemake pipeline on the tiny config and check the output contract of SPEC §5.
 
 The workflow (Snakefile, workflow/) is used in place; the working directory is a temporary copy of
-tests/integration/{config,data}, so the run writes nothing into the repository.
+tests/integration/{config,data}, so the run writes nothing into the repository.  The clean run is the one
+integration run of the test session (fixture ``integration_run``: the whole pipeline and the multiverse),
+shared with test_multiverse_workflow.py and test_slurm.py; the killed-and-rerun test makes a second, independent
+run of the same targets and compares every file of the two byte for byte.
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from workflow_copy import TARGETS, prepare_workdir
 
 from alliancemeta.report.numbers import bounded, interval, percent
 from alliancemeta.report.verify import compare, snapshot
@@ -69,24 +72,10 @@ def digest(paths) -> dict[str, str]:
     return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(paths)}
 
 
-#: Wall time of the clean run (seconds), to place the SIGKILL of the kill-and-rerun test inside a run.
-CLEAN_RUN_SECONDS: list[float] = []
-
-
-def fresh(path: Path) -> Path:
-    shutil.copytree(HERE / "config", path / "config")
-    shutil.copytree(HERE / "data", path / "data")
-    return path
-
-
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    work = fresh(tmp_path_factory.mktemp("pipeline"))
-    start = time.perf_counter()
-    proc = run(work)
-    CLEAN_RUN_SECONDS.append(time.perf_counter() - start)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return work
+def workdir(integration_run) -> Path:
+    """The working directory of the session's clean integration run (raises with Snakemake's output if it failed)."""
+    return integration_run.work
 
 
 @pytest.mark.slow
@@ -118,16 +107,11 @@ def test_provenance_records_inputs(workdir):
 
 
 @pytest.mark.slow
-def test_rerun_is_byte_identical_and_nothing_to_do(workdir):
-    tables = list((workdir / "results").rglob("*.csv"))
-    before = digest(tables)
-    proc = run(workdir, "--dry-run")
-    assert proc.returncode == 0
+def test_nothing_to_do_on_a_second_run(workdir):
+    """A second run with nothing changed plans no job (the byte-identical rerun: the killed-and-rerun test)."""
+    proc = run(workdir, "--dry-run", *TARGETS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
-    shutil.rmtree(workdir / "results")
-    proc = run(workdir)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert digest(tables) == before
 
 
 @pytest.mark.slow
@@ -231,12 +215,15 @@ def test_report_opens_on_the_headline_and_every_image_loads(workdir):
 
 
 @pytest.mark.slow
-def test_a_killed_run_reruns_to_the_same_bytes(workdir, tmp_path):
-    """SIGKILL the pipeline at a random moment, rerun it as `make run` does, compare with the clean run."""
-    work = fresh(tmp_path / "killed")
+def test_a_killed_run_reruns_to_the_same_bytes(integration_run, tmp_path):
+    """SIGKILL the pipeline at a random moment, rerun it as `make run` does, compare every file with the clean run.
+
+    Every output is thus computed twice, in two working directories (before the kill or in the rerun, and in the
+    clean run): the two runs must give the same bytes (SPEC: reproducible)."""
+    work = prepare_workdir(tmp_path / "killed")
     seconds = float(os.environ.get("ALLIANCEMETA_KILL_AT", 0)) or random.uniform(
-        2.0, max(3.0, 0.7 * CLEAN_RUN_SECONDS[0]))
-    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--cores", "2"]
+        2.0, max(3.0, 0.7 * integration_run.seconds))
+    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--cores", "2", *TARGETS]
     job = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         job.wait(timeout=seconds)
@@ -244,8 +231,8 @@ def test_a_killed_run_reruns_to_the_same_bytes(workdir, tmp_path):
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
     assert run(work, "--unlock").returncode == 0
-    proc = run(work, "--rerun-incomplete")
+    proc = run(work, "--rerun-incomplete", *TARGETS)
     assert proc.returncode == 0, f"rerun after a SIGKILL at {seconds:.1f} s failed:\n{proc.stderr[-3000:]}"
-    differences = compare(snapshot(workdir / "results"), snapshot(work / "results"))
+    differences = compare(snapshot(integration_run.work / "results"), snapshot(work / "results"))
     assert not differences, f"after a SIGKILL at {seconds:.1f} s (ALLIANCEMETA_KILL_AT to repeat): {differences}"
     assert not list((work / "results").rglob(".*.tmp")), "no temporary file is left behind"

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from workflow_copy import ROOT, TARGETS, local_run, prepare_workdir, quiet_env, snakemake_command, tables
+from workflow_copy import ROOT, TARGETS, prepare_workdir, quiet_env, snakemake_command, tables
 
 pytestmark = pytest.mark.slow
 SLURM = Path(__file__).resolve().parent / "slurm"
@@ -75,8 +75,8 @@ def cluster(tmp_path_factory):
         subprocess.run([str(SLURM / "stop.sh"), str(state)], check=False, timeout=120)
 
 
-def test_tables_on_slurm_equal_the_local_run(cluster, tmp_path):
-    snakefile, local_work, local_seconds = local_run()
+def test_tables_on_slurm_equal_the_local_run(cluster, integration_run, tmp_path):
+    snakefile, local_work, local_seconds = integration_run
     work = prepare_workdir(tmp_path / "slurm")
     start = time.perf_counter()
     proc = subprocess.run(

@@ -1,19 +1,19 @@
-"""The integration run with the multiverse, shared by test_multiverse_workflow.py and test_slurm.py (and the
-working-directory helpers that benchmarks/rule_resources.py uses)."""
+"""The integration run with the multiverse, shared by test_pipeline.py, test_multiverse_workflow.py and
+test_slurm.py (and the working-directory helpers that benchmarks/rule_resources.py uses)."""
 
 from __future__ import annotations
 
-import atexit
-import functools
+import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -55,25 +55,39 @@ def quiet_env() -> dict[str, str]:
     return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@functools.cache
-def local_run() -> tuple[Path, Path, float]:
+class Run(NamedTuple):
+    """A finished integration run: the Snakefile used, the working directory and the wall time in seconds."""
+
+    snakefile: Path
+    work: Path
+    seconds: float
+
+
+def local_run(root: Path) -> Run:
     """Run the integration config with the multiverse locally on 2 cores, once per test session.
 
-    Returns the Snakefile used, the working directory and the wall time in seconds; raises with the end of
-    Snakemake's output when the run fails.
+    ``root`` is a folder shared by every process of the session (the pytest-xdist workers too): the first caller
+    runs the pipeline in ``root/local`` under a file lock and records the outcome; later callers, in any process,
+    wait for the lock and reuse the run.  Raises with the end of Snakemake's output when the run failed.
     """
-    root = Path(tempfile.mkdtemp(prefix="alliancemeta-integration-"))
-    atexit.register(shutil.rmtree, root, True)
-    snakefile = SNAKEFILE
-    work = prepare_workdir(root / "local")
-    start = time.perf_counter()
-    proc = subprocess.run(
-        snakemake_command(snakefile, work, "--cores", "2", *TARGETS),
-        capture_output=True, text=True, check=False, timeout=3000, env=quiet_env(),
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise RuntimeError(f"local integration run failed:\n{proc.stderr[-4000:]}")
-    return snakefile, work, time.perf_counter() - start
+    root = Path(root)
+    record = root / "integration_run.json"
+    with FileLock(str(root / "integration_run.lock")):
+        if not record.exists():
+            work = prepare_workdir(root / "local")
+            start = time.perf_counter()
+            proc = subprocess.run(
+                snakemake_command(SNAKEFILE, work, "--cores", "2", *TARGETS),
+                capture_output=True, text=True, check=False, timeout=3000, env=quiet_env(),
+            )  # fmt: skip
+            outcome = {"work": str(work), "seconds": time.perf_counter() - start}
+            if proc.returncode != 0:
+                outcome["error"] = f"local integration run failed:\n{proc.stderr[-4000:]}"
+            record.write_text(json.dumps(outcome))
+        outcome = json.loads(record.read_text())
+    if "error" in outcome:
+        raise RuntimeError(outcome["error"])
+    return Run(SNAKEFILE, Path(outcome["work"]), float(outcome["seconds"]))
 
 
 def tables(work: Path) -> dict[str, bytes]:
