@@ -14,8 +14,6 @@ import pandas as pd
 
 from alliancemeta.core.settings import Dataset
 from alliancemeta.core.tables import write_csv
-from alliancemeta.plots.multiverse import specification_curve
-from alliancemeta.plots.style import save_figure
 from alliancemeta.studies.multiverse import (
     EXTRA_COLUMNS,
     MULTIVERSE_COLUMNS,
@@ -91,4 +89,9 @@ def read_multiverse(path: str | os.PathLike) -> pd.DataFrame:
 def write_specification_curve(table: str | os.PathLike, pdf: str | os.PathLike, png: str | os.PathLike, *,
                               dataset: Dataset, level: float) -> None:  # fmt: skip
     """Read ``multiverse.csv`` and save the specification curve as PDF and PNG (byte-reproducible)."""
+    # imported here: the workflow imports this module when it is planned (the batch plan), in every job step of a
+    # cluster run too, and matplotlib would add about half a second to each
+    from alliancemeta.plots.multiverse import specification_curve
+    from alliancemeta.plots.style import save_figure
+
     save_figure(specification_curve(read_multiverse(table), dataset.label, level), pdf, png)
