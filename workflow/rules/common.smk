@@ -7,6 +7,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from alliancemeta.core.contract import check_contract
 from alliancemeta.core.errors import ConfigError, InputError
 from alliancemeta.core.inputs import read_sessions, read_studies
 from alliancemeta.core.settings import Settings, code_fingerprint, validate_config
@@ -57,12 +58,12 @@ def _check_path(kind, name, path):
         _stop(f"config {kind}.{name}.path: {path} does not exist; expected a CSV file")
 
 
-def _check_contract(frame, schema):
-    """The schema of a table read by core.inputs (a post-condition, row by row): checked when the workflow is
-    planned, not again in each cluster job step (which re-reads the inputs to plan its own job), where it would add
-    seconds per job and minutes for a million session rows."""
-    if not workflow.non_local_exec:
-        validate(frame, schema)
+def _check_contract(frame, kind, path):
+    """The schema of an ingested table (workflow/schemas/{kind}.schema.yaml), checked column by column."""
+    try:
+        check_contract(frame, Path(workflow.basedir, "workflow", "schemas", f"{kind}.schema.yaml"), path)
+    except InputError as err:
+        _stop(str(err))
 
 
 def _validated_studies():
@@ -73,7 +74,7 @@ def _validated_studies():
             frames[name] = read_studies(entry.path, entry.moderators)
         except InputError as err:
             _stop(str(err))
-        _check_contract(frames[name], "../schemas/studies.schema.yaml")
+        _check_contract(frames[name], "studies", entry.path)
     return frames
 
 
@@ -85,7 +86,7 @@ def _validated_sessions():
             frames[name] = read_sessions(entry.path, entry.groups).frame
         except InputError as err:
             _stop(str(err))
-        _check_contract(frames[name], "../schemas/sessions.schema.yaml")
+        _check_contract(frames[name], "sessions", entry.path)
     return frames
 
 
