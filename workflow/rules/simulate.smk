@@ -60,6 +60,8 @@ rule simulation:
         ),
     log:
         "logs/simulation/simulation.log",
+    benchmark:
+        "logs/simulation/simulation.benchmark.tsv"
     conda:
         "../envs/alliancemeta.yaml"
     params:

@@ -1,0 +1,107 @@
+"""Benchmark: scheduling overhead of the simulation study (``make simulate``) locally and on Slurm.
+
+The simulation study is the workload a cluster is for: independent batch jobs of about a minute each.  This script
+runs ``snakemake results/simulation/simulation.csv`` on the default design's first ``--conditions`` conditions with
+``--replicates`` replicates per condition in batches of ``--batch-size``, locally on 2 cores and, when a Slurm
+cluster answers (SLURM_CONF, e.g. ``tests/integration/slurm/start.sh DIR``), through ``--workflow-profile
+workflow/profiles/slurm`` on all of the cluster's CPUs.  It prints the wall time, the job time (the rules'
+benchmark files), the scheduling overhead
+
+    overhead = 1 - (sum of batch job times / cores + gather time) / wall time,
+
+and for the Slurm run the number of Slurm jobs and the time inside them (squeue start to end), whose difference
+from the job time is the jobs' own start-up (each Slurm job plans the workflow again, twice: the batch script and
+its ``srun`` step).  ``benchmarks/bench_multiverse.py`` measures the same for the multiverse, whose batch jobs
+take seconds.  Target (issue): overhead under 20% on Slurm.
+
+Not a test: timings depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from bench_multiverse import SLURM_ARGS, slurm_cores, slurm_jobs_since
+
+from alliancemeta.core.settings import validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+from workflow_copy import SNAKEFILE, quiet_env  # noqa: E402
+
+TARGET = "results/simulation/simulation.csv"
+
+
+def design(n_conditions: int, replicates: int, batch_size: int) -> dict:
+    """The config: the bundled one with a simulation section of the default design's first conditions."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    defaults = validate_config(config)["simulation"]
+    conditions = dict(list(defaults["conditions"].items())[:n_conditions])
+    config["simulation"] = {"replicates": replicates, "batch_size": batch_size, "conditions": conditions}
+    return config
+
+
+def _seconds(path: Path) -> float:
+    with path.open() as handle:
+        return float(next(csv.DictReader(handle, delimiter="\t"))["s"])
+
+
+def run(mode: str, cores: int, config: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="alliancemeta-scaleout-") as tmp:
+        work = Path(tmp) / "work"
+        (work / "config").mkdir(parents=True)
+        (work / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        shutil.copytree(ROOT / "data" / "raw", work / "data" / "raw")
+        base = [str(Path(sys.executable).with_name("snakemake")), "-s", str(SNAKEFILE), "--directory", str(work)]
+        args = ["--cores", str(cores)] if mode == "local" else [
+            "--workflow-profile", str(ROOT / "workflow/profiles/slurm"), *SLURM_ARGS]  # fmt: skip
+        started = datetime.datetime.now().replace(microsecond=0)
+        start = time.perf_counter()
+        proc = subprocess.run([*base, *args, TARGET], capture_output=True, text=True, env=quiet_env())
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"{mode} run failed:\n{proc.stderr[-3000:]}")
+        jobs = slurm_jobs_since(started) if mode == "slurm" else []
+        batches = [_seconds(p) for p in sorted((work / "logs" / "simulation").glob("*_batch*.benchmark.tsv"))]
+        gather = sum(_seconds(p) for p in (work / "logs" / "simulation").glob("simulation.benchmark.tsv"))
+    ideal = sum(batches) / cores + gather
+    return {"mode": mode, "cores": cores, "wall": wall, "jobs": len(batches), "job_s": sum(batches) + gather,
+            "mean_batch": sum(batches) / len(batches), "overhead": 1.0 - ideal / wall, "slurm_jobs": len(jobs),
+            "slurm_s": sum((end - begin).total_seconds() for begin, end in jobs)}  # fmt: skip
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--conditions", type=int, default=4)
+    parser.add_argument("--replicates", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    args = parser.parse_args(argv)
+    config = design(args.conditions, args.replicates, args.batch_size)
+    runs = [run("local", 2, config)]
+    cores = slurm_cores()
+    if cores:
+        runs.append(run("slurm", cores, config))
+    print(f"## `snakemake {TARGET}`: {args.conditions} conditions x {args.replicates:,} replicates in batches of "
+          f"{args.batch_size}\n")  # fmt: skip
+    print("| executor | cores | wall (s) | batch jobs | mean batch job (s) | job time (s) | scheduling overhead "
+          "| Slurm jobs | time in Slurm jobs (s) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in runs:
+        slurm = f"{r['slurm_jobs']} | {r['slurm_s']:.1f}" if r["mode"] == "slurm" else "– | –"
+        print(f"| {r['mode']} | {r['cores']} | {r['wall']:.1f} | {r['jobs']} | {r['mean_batch']:.1f} | "
+              f"{r['job_s']:.1f} | {100 * r['overhead']:.0f}% | {slurm} |")  # fmt: skip
+    if not cores:
+        print("\n(no Slurm cluster answered: set SLURM_CONF, e.g. after tests/integration/slurm/start.sh DIR)")
+
+
+if __name__ == "__main__":
+    main()
