@@ -61,7 +61,11 @@ def _check_path(kind, name, path):
 def _check_contract(frame, kind, path):
     """The schema of an ingested table (workflow/schemas/{kind}.schema.yaml), checked column by column."""
     try:
-        check_contract(frame, Path(workflow.basedir, "workflow", "schemas", f"{kind}.schema.yaml"), path)
+        check_contract(
+            frame,
+            Path(workflow.basedir, "workflow", "schemas", f"{kind}.schema.yaml"),
+            path,
+        )
     except InputError as err:
         _stop(str(err))
 
