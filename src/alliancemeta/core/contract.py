@@ -58,7 +58,7 @@ def _first(mask: np.ndarray, index: pd.Index) -> object:
     return index[int(np.flatnonzero(mask)[0])]
 
 
-def _type_problem(values: pd.Series, kind: str) -> tuple[np.ndarray, str] | None:
+def _type_problem(values: pd.Series, kind: str) -> tuple[np.ndarray, str]:
     """Rows of ``values`` (no missing cells) that are not of JSON type ``kind``, and the expectation."""
     if kind == "string":
         return ~values.map(lambda v: isinstance(v, str)).to_numpy(bool), "a string"
@@ -67,16 +67,21 @@ def _type_problem(values: pd.Series, kind: str) -> tuple[np.ndarray, str] | None
     expected = "a number" if kind == "number" else "an integer"
     if pd.api.types.is_bool_dtype(values):
         return np.ones(len(values), bool), expected
-    numeric = pd.api.types.is_numeric_dtype(values)
-    as_float = values.to_numpy(float) if numeric else pd.to_numeric(values, errors="coerce").to_numpy(float)
-    bad = np.isnan(as_float) if not numeric else np.zeros(len(values), bool)
-    if not numeric:  # an object column: every cell must be a number (not a bool, not a string)
-        bad |= ~values.map(lambda v: isinstance(v, (int, float, np.integer, np.floating))
-                           and not isinstance(v, (bool, np.bool_))).to_numpy(bool)  # fmt: skip
+    if pd.api.types.is_numeric_dtype(values):
+        as_float, bad = values.to_numpy(float), np.zeros(len(values), bool)
+    else:  # an object column: every cell must be a number (not a bool, not a string)
+        as_float = pd.to_numeric(values, errors="coerce").to_numpy(float)
+        bad = ~values.map(lambda v: isinstance(v, (int, float, np.integer, np.floating))
+                          and not isinstance(v, (bool, np.bool_))).to_numpy(bool)  # fmt: skip
     if kind == "integer":
         with np.errstate(invalid="ignore"):
             bad |= ~np.isnan(as_float) & (np.floor(as_float) != as_float)
     return bad, expected
+
+
+def _problem(name: str, values: pd.Series, bad: np.ndarray, text: str) -> str:
+    """The message of a broken rule: column, first offending row (index label) and its value, then ``text``."""
+    return f"column {name!r}, row {_first(bad, values.index)}: {_show(values.to_numpy()[bad][0])} {text}"
 
 
 def contract_violations(frame: pd.DataFrame, schema: Mapping) -> list[str]:
@@ -105,26 +110,21 @@ def contract_violations(frame: pd.DataFrame, schema: Mapping) -> list[str]:
         if "type" in rule:
             bad, expected = _type_problem(values, rule["type"])
             if bad.any():
-                problems.append(f"column {name!r}, row {_first(bad, values.index)}: "
-                                f"{_show(values.to_numpy()[bad][0])} is not {expected}")  # fmt: skip
+                problems.append(_problem(name, values, bad, f"is not {expected}"))
                 continue
         if "enum" in rule:
             bad = ~values.isin(rule["enum"]).to_numpy(bool)
             if bad.any():
-                problems.append(f"column {name!r}, row {_first(bad, values.index)}: {_show(values.to_numpy()[bad][0])} "
-                                f"is not one of {list(rule['enum'])}")  # fmt: skip
+                problems.append(_problem(name, values, bad, f"is not one of {list(rule['enum'])}"))
         if "minLength" in rule:
             bad = (values.astype(str).str.len() < rule["minLength"]).to_numpy(bool)
             if bad.any():
-                problems.append(f"column {name!r}, row {_first(bad, values.index)}: {_show(values.to_numpy()[bad][0])} "
-                                f"is shorter than {rule['minLength']} character(s)")  # fmt: skip
+                problems.append(_problem(name, values, bad, f"is shorter than {rule['minLength']} character(s)"))
         for key, holds, words in _BOUNDS:
             if key in rule:
-                numbers = values.to_numpy(float)
-                bad = ~holds(numbers, float(rule[key]))
+                bad = ~holds(values.to_numpy(float), float(rule[key]))
                 if bad.any():
-                    problems.append(f"column {name!r}, row {_first(bad, values.index)}: {numbers[bad][0]:g} is not "
-                                    f"{words} {rule[key]:g}")  # fmt: skip
+                    problems.append(_problem(name, values, bad, f"is not {words} {rule[key]:g}"))
     return problems
 
 
