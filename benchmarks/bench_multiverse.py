@@ -224,6 +224,11 @@ def run_workflow(mode: str, cores: int, n_specs: int, config: dict) -> dict:
             "slurm_s": slurm_s, "span": span}  # fmt: skip
 
 
+def slurm_cells(run: dict) -> str:
+    """The Slurm columns of a table row: number of Slurm jobs and time inside them ("– | –" for a local run)."""
+    return f"{run['slurm_jobs']} | {run['slurm_s']:.1f}" if run["mode"] == "slurm" else "– | –"
+
+
 def slurm_cores() -> int | None:
     if not os.environ.get("SLURM_CONF") or not shutil.which("sinfo"):
         return None
@@ -253,10 +258,9 @@ def bench_workflow(copies: int) -> None:
           "| Slurm jobs | time in Slurm jobs (s) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in runs:
-        slurm = f"{r['slurm_jobs']} | {r['slurm_s']:.1f}" if r["mode"] == "slurm" else "– | –"
         print(
             f"| {r['mode']} | {r['cores']} | {r['wall']:.1f} | {r['specs_per_s']:.0f} | {r['job_s']:.1f} | "
-            f"{100 * r['overhead']:.0f}% | {slurm} |"
+            f"{100 * r['overhead']:.0f}% | {slurm_cells(r)} |"
         )
     if cores:
         print("\nTime in Slurm jobs (squeue start to end, summed) minus job time is the jobs' own start-up (the job "

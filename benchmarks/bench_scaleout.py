@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import yaml
-from bench_multiverse import SLURM_ARGS, slurm_cores, slurm_jobs_since
+from bench_multiverse import SLURM_ARGS, slurm_cells, slurm_cores, slurm_jobs_since
 
 from alliancemeta.core.settings import validate_config
 
@@ -96,9 +96,8 @@ def main(argv=None) -> None:
           "| Slurm jobs | time in Slurm jobs (s) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in runs:
-        slurm = f"{r['slurm_jobs']} | {r['slurm_s']:.1f}" if r["mode"] == "slurm" else "– | –"
         print(f"| {r['mode']} | {r['cores']} | {r['wall']:.1f} | {r['jobs']} | {r['mean_batch']:.1f} | "
-              f"{r['job_s']:.1f} | {100 * r['overhead']:.0f}% | {slurm} |")  # fmt: skip
+              f"{r['job_s']:.1f} | {100 * r['overhead']:.0f}% | {slurm_cells(r)} |")  # fmt: skip
     if not cores:
         print("\n(no Slurm cluster answered: set SLURM_CONF, e.g. after tests/integration/slurm/start.sh DIR)")
 
