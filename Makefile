@@ -44,7 +44,7 @@ lint: $(STAMP)
 # module's expensive fixture is made once; the integration run shared across modules is made once per session
 # (tests/integration/conftest.py).
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n auto --dist loadscope --durations=15
+	$(BIN)/python -m pytest -n auto --dist loadscope --no-loadscope-reorder --durations=15
 
 verify: $(STAMP)
 	$(BIN)/alliancemeta verify

@@ -2,8 +2,9 @@
 # not part of make run). Every combination of the configured choices (multiverse.*) is one specification; the
 # specifications are computed in batch jobs of multiverse.batch_size (one Slurm job each under the Slurm
 # profile), gathered into tables/multiverse.csv with a descriptive summary, and drawn as a specification curve.
-# On a cluster the gather and the figure of a dataset run as one job (group multiverse_gather). The helpers
-# (settings, batch plan) are in common.smk.
+# On a cluster the gather and the figure are local rules: they take seconds and run in the Snakemake process
+# itself as soon as the last batch is done, without a Slurm job's start-up and status polling (about 10-20 s
+# each, workflow/profiles/slurm/README.md). The helpers (settings, batch plan) are in common.smk.
 try:
     multiverse_settings()
 except ValueError as err:
@@ -20,6 +21,11 @@ for _name in (
 
 wildcard_constraints:
     batch="[0-9]+",
+
+
+localrules:
+    multiverse,
+    specification_curve,
 
 
 rule multiverse_all:
@@ -67,8 +73,6 @@ rule multiverse:
         "logs/multiverse/gather_{dataset}.log",
     benchmark:
         "benchmarks/out/multiverse_{dataset}.tsv"
-    group:
-        "multiverse_gather"
     conda:
         "../envs/alliancemeta.yaml"
     params:
@@ -95,8 +99,6 @@ rule specification_curve:
         "logs/multiverse/specification_curve_{dataset}.log",
     benchmark:
         "benchmarks/out/specification_curve_{dataset}.tsv"
-    group:
-        "multiverse_gather"
     conda:
         "../envs/alliancemeta.yaml"
     params:

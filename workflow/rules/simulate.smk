@@ -14,6 +14,11 @@ own_target("simulation_batch", "simulation")
 own_target("simulation", "simulation")
 
 
+# The gather takes seconds: on a cluster it runs in the Snakemake process itself, not as a Slurm job.
+localrules:
+    simulation,
+
+
 rule simulation_batch:
     output:
         table="results/simulation/batches/{condition}/batch{batch}.csv",
