@@ -5,7 +5,9 @@ config/config.yaml, locally into a temporary directory, and samples every job's 
 process Snakemake starts for the job and its children) every SAMPLE_SECONDS with psutil.  Rules with a
 ``benchmark:`` directive also get Snakemake's own benchmark file (benchmarks/out/*.tsv), printed beside.  Prints a
 Markdown table and the ``set-resources`` block that follows from it (``mem_mb``: peak RSS x MEM_FACTOR rounded up to
-MEM_STEP MB; ``runtime`` in minutes: RUNTIME_FACTOR x the longest wall time plus RUNTIME_PAD, rounded up).
+MEM_STEP MB; ``runtime`` in minutes: RUNTIME_FACTOR x the longest wall time plus RUNTIME_PAD, rounded up; for the
+rules the Slurm profile groups, GROUPED_FACTOR x the longest wall time and at least GROUPED_MIN minutes, because a
+group job asks for the sum of its members' run times per layer). Local rules (``localrules:``) are left out.
 
     .venv/bin/python benchmarks/rule_resources.py [--config FILE] [--cores N]
 
@@ -39,6 +41,9 @@ MEM_FACTOR = 1.5
 MEM_STEP = 256
 RUNTIME_FACTOR = 3.0
 RUNTIME_PAD = 10
+GROUPED_FACTOR = 4.0
+GROUPED_MIN = 3
+PROFILE = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
 #: ``script:`` jobs run as ``python .snakemake/scripts/tmpXXXX.<script>.py``.
 SCRIPT = re.compile(r"\.snakemake/scripts/tmp[^/]*?\.(\w+)\.py$")
 
@@ -51,6 +56,21 @@ class Job:
     peak_rss: int = 0
     cpu: float = 0.0
     pids: set = field(default_factory=set)
+
+
+def local_rules() -> set[str]:
+    """Rules named in the ``localrules:`` blocks of the rule files (they never become cluster jobs)."""
+    out = set()
+    for path in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for block in re.findall(r"^localrules:\n((?:    \w+,?\n)+)", path.read_text(), flags=re.M):
+            out.update(re.findall(r"\w+", block))
+    return out
+
+
+def runtime_minutes(rule: str, wall_s: float, grouped: Iterable[str]) -> int:
+    if rule in grouped:
+        return max(GROUPED_MIN, math.ceil(GROUPED_FACTOR * wall_s / 60))
+    return math.ceil(RUNTIME_FACTOR * wall_s / 60 + RUNTIME_PAD)
 
 
 def script_rules() -> dict[str, str]:
@@ -153,7 +173,9 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     profile = {}
-    for rule in sorted(by_rule):
+    grouped = set(yaml.safe_load(PROFILE.read_text()).get("groups", {}))
+    skipped = local_rules()
+    for rule in sorted(set(by_rule) - skipped):
         js = by_rule[rule]
         wall_s = max(j.last - j.first for j in js) + SAMPLE_SECONDS
         rss = max(j.peak_rss for j in js) / 2**20
@@ -161,7 +183,7 @@ def main() -> None:
         marks = bench.get(rule, [])
         bench_text = f"{max(m[0] for m in marks):.1f} / {max(m[1] for m in marks):.0f}" if marks else "–"
         mem_mb = MEM_STEP * math.ceil(MEM_FACTOR * rss / MEM_STEP)
-        runtime = math.ceil(RUNTIME_FACTOR * wall_s / 60 + RUNTIME_PAD)
+        runtime = runtime_minutes(rule, wall_s, grouped)
         profile[rule] = (mem_mb, runtime)
         print(f"| {rule} | {len(js)} | {wall_s:.1f} | {rss:.0f} | {cpu:.1f} | {bench_text} | {mem_mb} | {runtime} |")
     print("\nset-resources:")

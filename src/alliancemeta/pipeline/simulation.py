@@ -24,8 +24,6 @@ from alliancemeta.core.errors import ConfigError
 from alliancemeta.core.seeds import derive_seed
 from alliancemeta.core.settings import BayesSettings, FrozenDict, MetaSettings
 from alliancemeta.core.tables import atomic_path, write_csv
-from alliancemeta.plots.simulation import simulation_figure
-from alliancemeta.plots.style import save_figure
 from alliancemeta.report.simulation import design_table, method_label, results_table
 from alliancemeta.studies.simulation import (
     CONDITION_COLUMNS,
@@ -252,6 +250,11 @@ def write_simulation(batches: Sequence[str], table, markdown, figure_pdf, figure
     text = simulation_markdown(summary, settings, code)
     with atomic_path(markdown) as tmp:
         tmp.write_text(text)
+    # imported here: the workflow imports this module when it is planned (in every cluster job step too), and
+    # matplotlib would add about a quarter of a second to each
+    from alliancemeta.plots.simulation import simulation_figure
+    from alliancemeta.plots.style import save_figure
+
     labels = {m: method_label(m, settings.fit.che_rho) for m in settings.fit.methods}
     save_figure(simulation_figure(summary, settings.fit.level, labels), figure_pdf, figure_png)
     worst = summary.loc[summary["coverage"].idxmin()] if summary["coverage"].notna().any() else None
