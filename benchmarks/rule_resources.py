@@ -41,6 +41,8 @@ MEM_FACTOR = 1.5
 MEM_STEP = 256
 RUNTIME_FACTOR = 3.0
 RUNTIME_PAD = 10
+#: Grouped rules (the profile's ``groups``) get no pad: a group job requests the sum of its members' run times per
+#: layer of ``cores`` jobs, where a 10-minute pad each would ask for hours; their jobs take seconds.
 GROUPED_FACTOR = 4.0
 GROUPED_MIN = 3
 PROFILE = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
@@ -68,6 +70,7 @@ def local_rules() -> set[str]:
 
 
 def runtime_minutes(rule: str, wall_s: float, grouped: Iterable[str]) -> int:
+    """The ``runtime`` request (minutes) of ``rule`` from its longest wall time in seconds."""
     if rule in grouped:
         return max(GROUPED_MIN, math.ceil(GROUPED_FACTOR * wall_s / 60))
     return math.ceil(RUNTIME_FACTOR * wall_s / 60 + RUNTIME_PAD)
