@@ -31,7 +31,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import yaml
@@ -165,15 +168,17 @@ def bench_engine() -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def _job_seconds(work: Path) -> tuple[list[float], float]:
-    def seconds(path: Path) -> float:
-        with path.open() as handle:
-            return float(next(csv.DictReader(handle, delimiter="\t"))["s"])
+def benchmark_seconds(path: Path) -> float:
+    """The wall seconds a Snakemake benchmark file records."""
+    with path.open() as handle:
+        return float(next(csv.DictReader(handle, delimiter="\t"))["s"])
 
+
+def _job_seconds(work: Path) -> tuple[list[float], float]:
     out = work / "benchmarks" / "out"
-    batches = [seconds(p) for p in sorted(out.glob("multiverse_batch_*.tsv"))]
+    batches = [benchmark_seconds(p) for p in sorted(out.glob("multiverse_batch_*.tsv"))]
     gathers = [p for p in out.glob("multiverse_*.tsv") if not p.name.startswith("multiverse_batch_")]
-    serial = sum(seconds(p) for p in [*gathers, *out.glob("specification_curve_*.tsv")])
+    serial = sum(benchmark_seconds(p) for p in [*gathers, *out.glob("specification_curve_*.tsv")])
     return batches, serial
 
 
@@ -194,34 +199,52 @@ def slurm_jobs_since(start: datetime.datetime) -> list[tuple[datetime.datetime, 
     return out
 
 
-def run_workflow(mode: str, cores: int, n_specs: int, config: dict) -> dict:
+class WorkflowRun(NamedTuple):
+    """A finished benchmark run: its working directory (removed on leaving :func:`workflow_run`), its wall time
+    and the (start, end) of the Slurm jobs it started (none for a local run)."""
+
+    work: Path
+    wall: float
+    jobs: list[tuple[datetime.datetime, datetime.datetime]]
+
+
+@contextmanager
+def workflow_run(mode: str, cores: int, config: dict, target: str, before: Sequence[str] = ()):
+    """Run ``snakemake target`` on ``config`` (with the bundled data) in a temporary working directory, locally on
+    ``cores`` or through the Slurm profile (``mode`` "slurm"); ``before`` are made first, off the clock."""
     with tempfile.TemporaryDirectory(prefix="alliancemeta-bench-") as tmp:
-        tmp = Path(tmp)
-        snakefile = SNAKEFILE
-        work = tmp / "work"
+        work = Path(tmp) / "work"
         (work / "config").mkdir(parents=True)
         (work / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         shutil.copytree(ROOT / "data" / "raw", work / "data" / "raw")
-        base = [str(Path(sys.executable).with_name("snakemake")), "-s", str(snakefile), "--directory", str(work)]
+        base = [str(Path(sys.executable).with_name("snakemake")), "-s", str(SNAKEFILE), "--directory", str(work)]
         env = quiet_env()
-        processed = [f"data/processed/studies/{name}.csv" for name in config["studies"]]
-        subprocess.run([*base, "--cores", "2", *processed], check=True, capture_output=True, env=env)
+        if before:
+            subprocess.run([*base, "--cores", "2", *before], check=True, capture_output=True, env=env)
         args = ["--cores", str(cores)] if mode == "local" else [
             "--workflow-profile", str(ROOT / "workflow/profiles/slurm"), *SLURM_ARGS]  # fmt: skip
         started = datetime.datetime.now().replace(microsecond=0)
         start = time.perf_counter()
-        proc = subprocess.run([*base, *args, "multiverse_all"], capture_output=True, text=True, env=env)
+        proc = subprocess.run([*base, *args, target], capture_output=True, text=True, env=env)
         wall = time.perf_counter() - start
-        jobs = slurm_jobs_since(started) if mode == "slurm" else []
         if proc.returncode != 0:
             raise RuntimeError(f"{mode} run failed:\n{proc.stderr[-3000:]}")
-        batches, serial = _job_seconds(work)
+        yield WorkflowRun(work, wall, slurm_jobs_since(started) if mode == "slurm" else [])
+
+
+def slurm_seconds(jobs: list[tuple[datetime.datetime, datetime.datetime]]) -> float:
+    """The time inside the Slurm jobs, summed."""
+    return sum((end - begin).total_seconds() for begin, end in jobs)
+
+
+def run_workflow(mode: str, cores: int, n_specs: int, config: dict) -> dict:
+    processed = [f"data/processed/studies/{name}.csv" for name in config["studies"]]
+    with workflow_run(mode, cores, config, "multiverse_all", before=processed) as run:
+        batches, serial = _job_seconds(run.work)
     ideal = _ideal(batches, serial, cores)
-    slurm_s = sum((end - begin).total_seconds() for begin, end in jobs)
-    span = (max(e for _, e in jobs) - min(b for b, _ in jobs)).total_seconds() if jobs else float("nan")
-    return {"mode": mode, "cores": cores, "jobs": len(batches), "wall": wall, "specs_per_s": n_specs / wall,
-            "job_s": sum(batches) + serial, "overhead": 1.0 - ideal / wall, "slurm_jobs": len(jobs),
-            "slurm_s": slurm_s, "span": span}  # fmt: skip
+    return {"mode": mode, "cores": cores, "jobs": len(batches), "wall": run.wall, "specs_per_s": n_specs / run.wall,
+            "job_s": sum(batches) + serial, "overhead": 1.0 - ideal / run.wall, "slurm_jobs": len(run.jobs),
+            "slurm_s": slurm_seconds(run.jobs)}  # fmt: skip
 
 
 def slurm_cells(run: dict) -> str:

@@ -20,23 +20,14 @@ Not a test: timings depend on the machine and its load.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import yaml
-from bench_multiverse import SLURM_ARGS, slurm_cells, slurm_cores, slurm_jobs_since
+from bench_multiverse import benchmark_seconds, slurm_cells, slurm_cores, slurm_seconds, workflow_run
 
 from alliancemeta.core.settings import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from workflow_copy import SNAKEFILE, quiet_env  # noqa: E402
 
 TARGET = "results/simulation/simulation.csv"
 
@@ -50,33 +41,15 @@ def design(n_conditions: int, replicates: int, batch_size: int) -> dict:
     return config
 
 
-def _seconds(path: Path) -> float:
-    with path.open() as handle:
-        return float(next(csv.DictReader(handle, delimiter="\t"))["s"])
-
-
 def run(mode: str, cores: int, config: dict) -> dict:
-    with tempfile.TemporaryDirectory(prefix="alliancemeta-scaleout-") as tmp:
-        work = Path(tmp) / "work"
-        (work / "config").mkdir(parents=True)
-        (work / "config" / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        shutil.copytree(ROOT / "data" / "raw", work / "data" / "raw")
-        base = [str(Path(sys.executable).with_name("snakemake")), "-s", str(SNAKEFILE), "--directory", str(work)]
-        args = ["--cores", str(cores)] if mode == "local" else [
-            "--workflow-profile", str(ROOT / "workflow/profiles/slurm"), *SLURM_ARGS]  # fmt: skip
-        started = datetime.datetime.now().replace(microsecond=0)
-        start = time.perf_counter()
-        proc = subprocess.run([*base, *args, TARGET], capture_output=True, text=True, env=quiet_env())
-        wall = time.perf_counter() - start
-        if proc.returncode != 0:
-            raise RuntimeError(f"{mode} run failed:\n{proc.stderr[-3000:]}")
-        jobs = slurm_jobs_since(started) if mode == "slurm" else []
-        batches = [_seconds(p) for p in sorted((work / "logs" / "simulation").glob("*_batch*.benchmark.tsv"))]
-        gather = sum(_seconds(p) for p in (work / "logs" / "simulation").glob("simulation.benchmark.tsv"))
+    with workflow_run(mode, cores, config, TARGET) as done:
+        logs = done.work / "logs" / "simulation"
+        batches = [benchmark_seconds(p) for p in sorted(logs.glob("*_batch*.benchmark.tsv"))]
+        gather = sum(benchmark_seconds(p) for p in logs.glob("simulation.benchmark.tsv"))
     ideal = sum(batches) / cores + gather
-    return {"mode": mode, "cores": cores, "wall": wall, "jobs": len(batches), "job_s": sum(batches) + gather,
-            "mean_batch": sum(batches) / len(batches), "overhead": 1.0 - ideal / wall, "slurm_jobs": len(jobs),
-            "slurm_s": sum((end - begin).total_seconds() for begin, end in jobs)}  # fmt: skip
+    return {"mode": mode, "cores": cores, "wall": done.wall, "jobs": len(batches), "job_s": sum(batches) + gather,
+            "mean_batch": sum(batches) / len(batches), "overhead": 1.0 - ideal / done.wall,
+            "slurm_jobs": len(done.jobs), "slurm_s": slurm_seconds(done.jobs)}  # fmt: skip
 
 
 def main(argv=None) -> None:
